@@ -1,0 +1,98 @@
+"""gilfree.Channel: the C channel plus its asyncio face.
+
+The blocking API (send/recv/select...) is entirely in C (gilfree._core.Channel). This subclass adds the
+coroutine methods, which must never block the event loop: each starts one operation in C that either
+completes at once or queues a waiter; when a thread (or another coroutine) completes it, C calls a notify
+callable that hops back to the loop with ``loop.call_soon_threadsafe``.
+
+Cancellation: cancelling the awaiting task withdraws the pending operation in C. If a peer completed it in
+the same instant (the value was already handed over), the operation's outcome is kept — the coroutine
+returns the value it received, or the send counts as delivered — and the cancellation is re-armed, so it
+raises at the task's next await. Nothing is lost and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Generic, TypeVar
+
+from . import _core
+
+T = TypeVar("T")
+
+__all__ = ["Channel"]
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Notify:
+    """Called by C, from whichever thread completed the operation, with no channel lock held."""
+
+    __slots__ = ("loop", "fut")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.fut = fut
+
+    def __call__(self) -> None:
+        loop = self.loop
+        if loop.is_closed():
+            return  # nobody can await it any more
+        try:
+            loop.call_soon_threadsafe(_set_done, self.fut)
+        except RuntimeError:  # closed between the check and the call
+            pass
+
+
+async def _await_op(op: Any, fut: asyncio.Future[None]) -> Any:
+    if not op.done():
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if op.cancel():
+                raise  # withdrawn: nothing was sent or taken
+            # A peer completed it as we were cancelled: keep the outcome, re-arm the cancellation.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+                task.cancel()
+    return op.result()
+
+
+class Channel(_core.Channel, Generic[T]):  # type: ignore[misc]
+    """A Go-style channel shared by threads and coroutines.
+
+    ``Channel(capacity=0)``: 0 is unbuffered (a send completes when a receiver takes the value), ``N > 0``
+    bounded, ``None`` unbounded. See the README for the whole contract.
+    """
+
+    __slots__ = ()
+
+    async def send_async(self, value: T) -> None:
+        """Send from a coroutine; the event loop never blocks. Raises ChannelClosed like send()."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        op = self._async_send(value, _Notify(loop, fut))
+        await _await_op(op, fut)
+
+    async def recv_async(self) -> T:
+        """Receive from a coroutine; the event loop never blocks. Raises ChannelClosed like recv()."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        op = self._async_recv(_Notify(loop, fut))
+        result: T = await _await_op(op, fut)
+        return result
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[T]:
+        while True:
+            try:
+                value = await self.recv_async()
+            except _core.ChannelClosed:
+                return
+            yield value

@@ -1,0 +1,55 @@
+"""Build gilfree._core.
+
+Environment switches (see README, "Development"):
+  GILFREE_WERROR=1             -Wall -Wextra -Werror (the test build)
+  GILFREE_SANITIZE=address     -fsanitize=address,undefined (run with the runtime preloaded: dev.py does it)
+  GILFREE_SANITIZE=thread      -fsanitize=thread
+  GILFREE_DEBUG=1              -O0 -g
+"""
+import os
+import sys
+
+from setuptools import Extension, setup
+
+SOURCES = ["src/module.c", "src/park.c", "src/channel.c", "src/select.c"]
+
+compile_args = ["-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"]
+link_args = []
+if sys.platform != "win32":
+    compile_args += ["-pthread"]
+    link_args += ["-pthread"]
+
+if os.environ.get("GILFREE_WERROR") == "1":
+    compile_args += ["-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers",
+                     "-Wno-unused-parameter"]
+
+sanitize = os.environ.get("GILFREE_SANITIZE", "")
+if sanitize == "address":
+    flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+    compile_args += flags + ["-O1", "-g"]
+    link_args += flags
+elif sanitize == "thread":
+    flags = ["-fsanitize=thread"]
+    compile_args += flags + ["-O1", "-g"]
+    link_args += flags
+elif sanitize:
+    raise SystemExit(f"GILFREE_SANITIZE must be 'address' or 'thread', not {sanitize!r}")
+elif os.environ.get("GILFREE_DEBUG") == "1":
+    compile_args += ["-O0", "-g"]
+else:
+    compile_args += ["-O2"]
+
+setup(
+    package_dir={"": "python"},
+    packages=["gilfree"],
+    package_data={"gilfree": ["py.typed", "*.pyi"]},
+    ext_modules=[
+        Extension(
+            "gilfree._core",
+            sources=SOURCES,
+            depends=["src/gilfree.h", "src/park.h", "src/channel.h"],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        )
+    ],
+)

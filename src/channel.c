@@ -1,0 +1,998 @@
+/* channel.c — gilfree._core.Channel: a Go channel for Python threads and coroutines.
+ *
+ * Capacity 0 is a rendezvous (a send completes only when a receiver takes the value), N > 0 a bounded
+ * buffer (send blocks while it is full: backpressure), -1 (Python None) an unbounded one. Blocked senders
+ * and receivers wait in FIFO queues and are served first come, first served. Every blocking call runs the
+ * engine of select.c, which parks with the GIL released.
+ *
+ * Invariants (checked by the tests through behaviour; each holds whenever ch->lock is free):
+ *   - 0 <= count <= bufsize; count <= capacity when capacity >= 0; buf slots outside the ring are garbage.
+ *   - A claimable receiver is queued only while count == 0; a claimable sender only while the buffer is
+ *     full (count == capacity, which for capacity 0 means always).
+ *   - Once closed, never open again; no new waiter is queued on a closed channel.
+ *   - Every PyObject* in the ring is an owned reference.
+ *
+ * Also here: _AsyncOp, one pending asyncio send or recv, which the Python layer awaits.
+ */
+#include "channel.h"
+
+#include <stddef.h>
+#include <string.h>
+#include <structmember.h>
+
+#define CHANNEL_CAST(op) ((ChannelObject *)(op))
+
+/* ---- the ring buffer (under ch->lock) ----------------------------------------------------------- */
+
+static int
+ring_grow(ChannelObject *ch)
+{
+    Py_ssize_t newsize = ch->bufsize ? ch->bufsize * 2 : 8;
+    if (newsize > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(PyObject *)) {
+        return -1;
+    }
+    PyObject **nb = (PyObject **)PyMem_RawMalloc((size_t)newsize * sizeof(PyObject *));
+    if (nb == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < ch->count; i++) {
+        nb[i] = ch->buf[(ch->head + i) & (ch->bufsize - 1)];
+    }
+    PyMem_RawFree(ch->buf);
+    ch->buf = nb;
+    ch->bufsize = newsize;
+    ch->head = 0;
+    return 0;
+}
+
+static inline int
+ring_push(ChannelObject *ch, PyObject *v)
+{
+    if (ch->count == ch->bufsize && ring_grow(ch) < 0) {
+        return -1;
+    }
+    ch->buf[(ch->head + ch->count) & (ch->bufsize - 1)] = v;
+    ch->count++;
+    return 0;
+}
+
+static inline PyObject *
+ring_pop(ChannelObject *ch)
+{
+    PyObject *v = ch->buf[ch->head];
+    ch->head = (ch->head + 1) & (ch->bufsize - 1);
+    ch->count--;
+    return v;
+}
+
+/* ---- core operations (under ch->lock) ----------------------------------------------------------- */
+
+int
+gf_chan_try_send(ChannelObject *ch, PyObject *v, gf_wakelist *wl)
+{
+    if (ch->closed) {
+        return GF_CLOSED;
+    }
+    gf_waiter *w = gf_waitq_claim_first(&ch->recvq);
+    if (w != NULL) {
+        gf_sel_fire(w->sel, w->index, 0, v, wl);
+        return GF_OK;
+    }
+    if (ch->capacity < 0 || ch->count < ch->capacity) {
+        return ring_push(ch, v) < 0 ? GF_NOMEM : GF_OK;
+    }
+    return GF_WOULDBLOCK;
+}
+
+int
+gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl)
+{
+    gf_waiter *w;
+    if (ch->count > 0) {
+        *out = ring_pop(ch);
+        /* A slot is free: move the first parked sender's value in, keeping its place in line. */
+        if ((w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
+            (void)ring_push(ch, w->value); /* cannot fail: a slot was just freed */
+            w->value = NULL;
+            gf_sel_fire(w->sel, w->index, 0, NULL, wl);
+        }
+        return GF_OK;
+    }
+    if ((w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
+        *out = w->value;
+        w->value = NULL;
+        gf_sel_fire(w->sel, w->index, 0, NULL, wl);
+        return GF_OK;
+    }
+    return ch->closed ? GF_CLOSED : GF_WOULDBLOCK;
+}
+
+/* ---- argument helpers --------------------------------------------------------------------------- */
+
+int
+gf_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              const char *const *names, int nrequired, int nmax, PyObject **out)
+{
+    for (int i = 0; i < nmax; i++) {
+        out[i] = NULL;
+    }
+    if (nargs > nmax) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname, nmax, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = args[i];
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int found = 0;
+        for (int i = 0; i < nmax; i++) {
+            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
+                if (out[i] != NULL) {
+                    PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                                 names[i]);
+                    return -1;
+                }
+                out[i] = args[nargs + k];
+                found = 1;
+                break;
+            }
+        }
+        if (!found) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, key);
+            return -1;
+        }
+    }
+    for (int i = 0; i < nrequired; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+raise_closed(gf_state *st, Py_ssize_t sent)
+{
+    PyObject *exc = PyObject_CallFunction(st->ChannelClosed, "s", "channel is closed");
+    if (exc == NULL) {
+        return NULL;
+    }
+    if (sent >= 0) {
+        PyObject *n = PyLong_FromSsize_t(sent);
+        if (n == NULL || PyObject_SetAttrString(exc, "sent", n) < 0) {
+            Py_XDECREF(n);
+            Py_DECREF(exc);
+            return NULL;
+        }
+        Py_DECREF(n);
+    }
+    PyErr_SetObject(st->ChannelClosed, exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* Attach `sent` to the exception being raised (send_many's count of values delivered). */
+static void
+annotate_sent(Py_ssize_t sent)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL) {
+        PyObject *n = PyLong_FromSsize_t(sent);
+        if (n == NULL || PyObject_SetAttrString(value, "sent", n) < 0) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(n);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+static PyObject *channel_send(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
+static PyObject *channel_recv(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
+
+/* ---- one-channel operations through the engine ------------------------------------------------- */
+
+/* Send one owned value. 0 sent; 1 would block (nowait); -1 error (ChannelClosed raised here). */
+static int
+channel_send_one(ChannelObject *ch, PyObject *value, int block, const gf_deadline *d)
+{
+    gf_case c = {.ch = ch, .value = value, .is_send = 1};
+    gf_outcome o;
+    int r = gf_engine_run(ch->st, &c, 1, block, d, &o);
+    if (r < 0) {
+        return -1;
+    }
+    if (r == GF_WOULDBLOCK) {
+        return 1;
+    }
+    if (o.closed) {
+        raise_closed(ch->st, -1);
+        return -1;
+    }
+    return 0;
+}
+
+/* Receive one value: new reference; NULL with *wouldblock = 1 (nowait), or NULL with an exception. */
+static PyObject *
+channel_recv_one(ChannelObject *ch, int block, const gf_deadline *d, int *wouldblock)
+{
+    gf_case c = {.ch = ch, .value = NULL, .is_send = 0};
+    gf_outcome o;
+    *wouldblock = 0;
+    int r = gf_engine_run(ch->st, &c, 1, block, d, &o);
+    if (r < 0) {
+        return NULL;
+    }
+    if (r == GF_WOULDBLOCK) {
+        *wouldblock = 1;
+        return NULL;
+    }
+    if (o.closed) {
+        return raise_closed(ch->st, -1);
+    }
+    return o.value;
+}
+
+int
+gf_channel_case_kind(gf_state *st, PyObject *bound, ChannelObject **ch)
+{
+    if (!PyCFunction_Check(bound)) {
+        return 0;
+    }
+    PyObject *self = PyCFunction_GET_SELF(bound);
+    if (self == NULL || !gf_is_channel(st, self)) {
+        return 0;
+    }
+    PyCFunction f = PyCFunction_GET_FUNCTION(bound);
+    *ch = CHANNEL_CAST(self);
+    if (f == (PyCFunction)(void (*)(void))channel_recv) {
+        return 1;
+    }
+    if (f == (PyCFunction)(void (*)(void))channel_send) {
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- Channel type: clear / traverse / dealloc --------------------------------------------------- */
+
+static int
+channel_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    /* No lock: the ring only changes under attached threads, which the GC excludes. */
+    for (Py_ssize_t i = 0; i < ch->count; i++) {
+        Py_VISIT(ch->buf[(ch->head + i) & (ch->bufsize - 1)]);
+    }
+    return 0;
+}
+
+/* Take every buffered value out under the lock; release them after. */
+static void
+channel_drop_buffer(ChannelObject *ch)
+{
+    if (!ch->lock_init) {
+        return;
+    }
+    gf_chan_lock(ch);
+    PyObject **buf = ch->buf;
+    Py_ssize_t head = ch->head, count = ch->count, size = ch->bufsize;
+    ch->buf = NULL;
+    ch->bufsize = ch->head = ch->count = 0;
+    gf_chan_unlock(ch);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_DECREF(buf[(head + i) & (size - 1)]);
+    }
+    PyMem_RawFree(buf);
+}
+
+static int
+channel_clear(PyObject *op)
+{
+    channel_drop_buffer(CHANNEL_CAST(op));
+    return 0;
+}
+
+static void
+channel_dealloc(PyObject *op)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (ch->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    channel_drop_buffer(ch);
+    /* No waiter can be queued: each holds a reference to the channel while it waits. */
+    if (ch->lock_init) {
+        pthread_mutex_destroy(&ch->lock);
+    }
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ---- Channel.__new__ ---------------------------------------------------------------------------- */
+
+static PyObject *
+channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"capacity", NULL};
+    PyObject *capobj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:Channel", kwlist, &capobj)) {
+        return NULL;
+    }
+    Py_ssize_t capacity = 0;
+    if (capobj == Py_None) {
+        capacity = -1;
+    }
+    else if (capobj != NULL) {
+        if (PyBool_Check(capobj) || !PyIndex_Check(capobj)) {
+            return PyErr_Format(PyExc_TypeError,
+                                "capacity must be a non-negative int or None, not %.100s",
+                                Py_TYPE(capobj)->tp_name);
+        }
+        capacity = PyNumber_AsSsize_t(capobj, PyExc_OverflowError);
+        if (capacity == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (capacity < 0) {
+            return PyErr_Format(PyExc_ValueError, "capacity must be >= 0 (or None for unbounded), got %zd",
+                                capacity);
+        }
+    }
+    PyObject *module = PyType_GetModuleByDef(type, &gf_module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    ChannelObject *ch = (ChannelObject *)type->tp_alloc(type, 0);
+    if (ch == NULL) {
+        return NULL;
+    }
+    ch->st = gf_get_state(module);
+    if (pthread_mutex_init(&ch->lock, NULL) != 0) {
+        Py_DECREF(ch);
+        return PyErr_NoMemory();
+    }
+    ch->lock_init = 1;
+    ch->capacity = capacity;
+    return (PyObject *)ch;
+}
+
+/* ---- Channel methods ---------------------------------------------------------------------------- */
+
+static const char *const send_names[] = {"value", "timeout"};
+static const char *const recv_names[] = {"timeout"};
+
+static PyObject *
+channel_send(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    PyObject *a[2];
+    gf_deadline d;
+    if (gf_parse_args("send", args, nargs, kwnames, send_names, 1, 2, a) < 0 ||
+        gf_deadline_from_timeout(a[1], &d, "timeout") < 0) {
+        return NULL;
+    }
+    if (channel_send_one(ch, Py_NewRef(a[0]), 1, &d) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_send_nowait(PyObject *op, PyObject *value)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_deadline d = {.infinite = 1};
+    int r = channel_send_one(ch, Py_NewRef(value), 0, &d);
+    if (r < 0) {
+        return NULL;
+    }
+    if (r == 1) {
+        PyErr_SetString(ch->st->WouldBlock, "send would block: no receiver waiting and no room");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_recv(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_deadline d = {.infinite = 1};
+    int wouldblock;
+    if (nargs != 0 || kwnames != NULL) {
+        PyObject *a[1];
+        if (gf_parse_args("recv", args, nargs, kwnames, recv_names, 0, 1, a) < 0 ||
+            gf_deadline_from_timeout(a[0], &d, "timeout") < 0) {
+            return NULL;
+        }
+    }
+    return channel_recv_one(ch, 1, &d, &wouldblock);
+}
+
+static PyObject *
+channel_recv_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_deadline d = {.infinite = 1};
+    int wouldblock;
+    PyObject *v = channel_recv_one(ch, 0, &d, &wouldblock);
+    if (v == NULL && wouldblock) {
+        PyErr_SetString(ch->st->WouldBlock, "recv would block: nothing buffered and no sender waiting");
+    }
+    return v;
+}
+
+static const char *const send_many_names[] = {"values", "timeout"};
+
+static PyObject *
+channel_send_many(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    PyObject *a[2];
+    gf_deadline d;
+    if (gf_parse_args("send_many", args, nargs, kwnames, send_many_names, 1, 2, a) < 0 ||
+        gf_deadline_from_timeout(a[1], &d, "timeout") < 0) {
+        return NULL;
+    }
+    PyObject *items = PySequence_Tuple(a[0]);
+    if (items == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Format(PyExc_TypeError, "send_many() argument 'values' must be iterable, not %.100s",
+                         Py_TYPE(a[0])->tp_name);
+        }
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(items), i = 0;
+    while (i < n) {
+        /* Fast pass: as many as fit, under one lock. */
+        gf_wakelist wl;
+        gf_wakelist_init(&wl);
+        int r = GF_OK;
+        gf_chan_lock(ch);
+        while (i < n) {
+            PyObject *v = PyTuple_GET_ITEM(items, i);
+            Py_INCREF(v);
+            r = gf_chan_try_send(ch, v, &wl);
+            if (r != GF_OK) {
+                Py_DECREF(v); /* cannot reach zero: the tuple holds it */
+                break;
+            }
+            i++;
+        }
+        gf_chan_unlock(ch);
+        gf_wakelist_run(&wl);
+        if (i == n) {
+            break;
+        }
+        if (r == GF_CLOSED) {
+            raise_closed(ch->st, i);
+            goto error;
+        }
+        if (r == GF_NOMEM) {
+            PyErr_NoMemory();
+            annotate_sent(i);
+            goto error;
+        }
+        /* Full: send the next one blocking, then batch again. */
+        if (channel_send_one(ch, Py_NewRef(PyTuple_GET_ITEM(items, i)), 1, &d) < 0) {
+            annotate_sent(i);
+            goto error;
+        }
+        i++;
+    }
+    Py_DECREF(items);
+    return PyLong_FromSsize_t(n);
+error:
+    Py_DECREF(items);
+    return NULL;
+}
+
+/* Append up to `want` values that are ready now, RECV_BATCH per lock. -1 on error. */
+#define RECV_BATCH 256
+static int
+take_available(ChannelObject *ch, PyObject *list, Py_ssize_t want)
+{
+    while (want > 0) {
+        PyObject *got[RECV_BATCH];
+        Py_ssize_t room = want < RECV_BATCH ? want : RECV_BATCH, ngot = 0;
+        gf_wakelist wl;
+        gf_wakelist_init(&wl);
+        gf_chan_lock(ch);
+        while (ngot < room && gf_chan_try_recv(ch, &got[ngot], &wl) == GF_OK) {
+            ngot++;
+        }
+        gf_chan_unlock(ch);
+        gf_wakelist_run(&wl);
+        int failed = 0;
+        for (Py_ssize_t k = 0; k < ngot; k++) {
+            if (!failed && PyList_Append(list, got[k]) < 0) {
+                failed = 1; /* only on MemoryError */
+            }
+            Py_DECREF(got[k]);
+        }
+        if (failed) {
+            return -1;
+        }
+        if (ngot < room) {
+            break;
+        }
+        want -= ngot;
+    }
+    return 0;
+}
+
+static const char *const recv_many_names[] = {"max_items", "timeout"};
+
+static PyObject *
+channel_recv_many(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    PyObject *a[2];
+    gf_deadline d;
+    if (gf_parse_args("recv_many", args, nargs, kwnames, recv_many_names, 1, 2, a) < 0) {
+        return NULL;
+    }
+    if (PyBool_Check(a[0]) || !PyLong_Check(a[0])) {
+        return PyErr_Format(PyExc_TypeError, "max_items must be an int, not %.100s",
+                            Py_TYPE(a[0])->tp_name);
+    }
+    Py_ssize_t max_items = PyLong_AsSsize_t(a[0]);
+    if (max_items == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_items < 1) {
+        return PyErr_Format(PyExc_ValueError, "max_items must be >= 1, got %zd", max_items);
+    }
+    if (gf_deadline_from_timeout(a[1], &d, "timeout") < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    if (take_available(ch, list, max_items) < 0) {
+        goto error;
+    }
+    if (PyList_GET_SIZE(list) == 0) {
+        /* Nothing there: wait for the first value only, then take whatever else has arrived. */
+        int wouldblock;
+        PyObject *first = channel_recv_one(ch, 1, &d, &wouldblock);
+        if (first == NULL) {
+            goto error;
+        }
+        int rc = PyList_Append(list, first);
+        Py_DECREF(first);
+        if (rc < 0 || take_available(ch, list, max_items - 1) < 0) {
+            goto error;
+        }
+    }
+    return list;
+error:
+    Py_DECREF(list);
+    return NULL;
+}
+
+static PyObject *
+channel_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    gf_chan_lock(ch);
+    if (!ch->closed) {
+        gf_waiter *w;
+        ch->closed = 1;
+        /* Receivers parked here: the buffer is empty, so each sees the close. Senders keep their value. */
+        while ((w = gf_waitq_claim_first(&ch->recvq)) != NULL) {
+            gf_sel_fire(w->sel, w->index, 1, NULL, &wl);
+        }
+        while ((w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
+            gf_sel_fire(w->sel, w->index, 1, NULL, &wl);
+        }
+    }
+    gf_chan_unlock(ch);
+    gf_wakelist_run(&wl);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+channel_enter(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(op);
+}
+
+static PyObject *
+channel_exit(PyObject *op, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    PyObject *r = channel_close(op, NULL);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+channel_reduce(PyObject *op, PyObject *Py_UNUSED(args))
+{
+    return PyErr_Format(PyExc_TypeError,
+                        "cannot pickle '%.100s' object: a channel connects threads of one process; "
+                        "use multiprocessing.Queue between processes",
+                        Py_TYPE(op)->tp_name);
+}
+
+static PyObject *
+channel_iternext(PyObject *op)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_deadline d = {.infinite = 1};
+    gf_case c = {.ch = ch, .value = NULL, .is_send = 0};
+    gf_outcome o;
+    if (gf_engine_run(ch->st, &c, 1, 1, &d, &o) < 0) {
+        return NULL;
+    }
+    return o.closed ? NULL : o.value; /* NULL without an exception: StopIteration */
+}
+
+static Py_ssize_t
+channel_length(PyObject *op)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_chan_lock(ch);
+    Py_ssize_t n = ch->count;
+    gf_chan_unlock(ch);
+    return n;
+}
+
+static PyObject *
+channel_get_closed(PyObject *op, void *Py_UNUSED(closure))
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_chan_lock(ch);
+    int closed = ch->closed;
+    gf_chan_unlock(ch);
+    return PyBool_FromLong(closed);
+}
+
+static PyObject *
+channel_get_capacity(PyObject *op, void *Py_UNUSED(closure))
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    if (ch->capacity < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSsize_t(ch->capacity);
+}
+
+static PyObject *
+channel_repr(PyObject *op)
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_chan_lock(ch);
+    Py_ssize_t count = ch->count;
+    int closed = ch->closed;
+    gf_chan_unlock(ch);
+    if (ch->capacity < 0) {
+        return PyUnicode_FromFormat("<%s capacity=None len=%zd%s>", Py_TYPE(op)->tp_name, count,
+                                    closed ? " closed" : "");
+    }
+    return PyUnicode_FromFormat("<%s capacity=%zd len=%zd%s>", Py_TYPE(op)->tp_name, ch->capacity, count,
+                                closed ? " closed" : "");
+}
+
+/* ---- _AsyncOp: one asyncio send or recv --------------------------------------------------------- */
+
+/* Heap block shared by the _AsyncOp object and any completer still waking it (gf_sel.refs). */
+typedef struct gf_async {
+    gf_sel sel;   /* first member: a gf_sel* is a gf_async* */
+    gf_waiter w;  /* its one case; w.value is the value of a pending send */
+    int is_send;
+} gf_async;
+
+typedef struct {
+    PyObject_HEAD
+    ChannelObject *ch; /* strong: the waiter is queued on it */
+    gf_async *a;       /* NULL once released */
+} AsyncOpObject;
+
+#define ASYNCOP_CAST(op) ((AsyncOpObject *)(op))
+
+static void
+async_free(gf_sel *s)
+{
+    gf_async *a = (gf_async *)s;
+    Py_CLEAR(a->sel.notify);
+    Py_CLEAR(a->sel.result);
+    Py_CLEAR(a->w.value);
+    PyMem_RawFree(a);
+}
+
+/* Withdraw the operation if still pending. 1 withdrawn, 0 it had completed. Attached, no lock held. */
+static int
+asyncop_withdraw(AsyncOpObject *op)
+{
+    gf_async *a = op->a;
+    if (a == NULL) {
+        return 0;
+    }
+    int won = gf_sel_withdraw(&a->sel);
+    PyObject *value = NULL;
+    /* Taking the lock also waits out a completer that claimed it and is still in its critical section. */
+    gf_chan_lock(op->ch);
+    if (won) {
+        gf_waitq_unlink(a->is_send ? &op->ch->sendq : &op->ch->recvq, &a->w);
+        value = a->w.value;
+        a->w.value = NULL;
+    }
+    gf_chan_unlock(op->ch);
+    Py_XDECREF(value); /* a withdrawn send delivered nothing: its value goes back to nobody */
+    return won;
+}
+
+static void
+asyncop_release(AsyncOpObject *op)
+{
+    if (op->a != NULL) {
+        (void)asyncop_withdraw(op);
+        gf_async *a = op->a;
+        op->a = NULL;
+        gf_sel_decref(&a->sel);
+    }
+}
+
+static int
+asyncop_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    AsyncOpObject *op = ASYNCOP_CAST(self);
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(op->ch);
+    if (op->a != NULL) {
+        Py_VISIT(op->a->sel.notify);
+        Py_VISIT(op->a->sel.result);
+        Py_VISIT(op->a->w.value);
+    }
+    return 0;
+}
+
+static int
+asyncop_clear(PyObject *self)
+{
+    AsyncOpObject *op = ASYNCOP_CAST(self);
+    asyncop_release(op);
+    Py_CLEAR(op->ch);
+    return 0;
+}
+
+static void
+asyncop_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    (void)asyncop_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+/* Start an async op: completes at once if it can, else queues a waiter whose completion calls notify. */
+static PyObject *
+channel_async_start(ChannelObject *ch, PyObject *value, PyObject *notify)
+{
+    if (!PyCallable_Check(notify)) {
+        return PyErr_Format(PyExc_TypeError, "notify must be callable");
+    }
+    gf_state *st = ch->st;
+    gf_async *a = (gf_async *)gf_sel_new_async(sizeof(gf_async), notify, async_free);
+    if (a == NULL) {
+        return NULL;
+    }
+    AsyncOpObject *op = PyObject_GC_New(AsyncOpObject, st->asyncop_type);
+    if (op == NULL) {
+        gf_sel_decref(&a->sel);
+        return NULL;
+    }
+    op->ch = (ChannelObject *)Py_NewRef(ch);
+    op->a = a;
+    a->is_send = value != NULL;
+    a->w.sel = &a->sel;
+    a->w.chan = ch;
+    a->w.index = 0;
+    a->w.linked = 0;
+
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    PyObject *v = Py_XNewRef(value), *got = NULL;
+    gf_chan_lock(ch);
+    int r = a->is_send ? gf_chan_try_send(ch, v, &wl) : gf_chan_try_recv(ch, &got, &wl);
+    if (r == GF_WOULDBLOCK) {
+        a->w.value = v; /* moves in */
+        v = NULL;
+        gf_waitq_push(a->is_send ? &ch->sendq : &ch->recvq, &a->w);
+    }
+    else if (r == GF_OK || r == GF_CLOSED) {
+        if (r == GF_OK) {
+            v = NULL; /* delivered */
+        }
+        (void)gf_sel_claim(&a->sel); /* nobody else can see it yet */
+        a->sel.fired = 0;
+        a->sel.closed = r == GF_CLOSED;
+        a->sel.result = got;
+        atomic_store_explicit(&a->sel.signaled, 1, memory_order_release);
+    }
+    gf_chan_unlock(ch);
+    gf_wakelist_run(&wl);
+    Py_XDECREF(v);
+    PyObject_GC_Track((PyObject *)op);
+    if (r == GF_NOMEM) {
+        Py_DECREF(op);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)op;
+}
+
+static PyObject *
+channel_async_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        return PyErr_Format(PyExc_TypeError, "_async_send(value, notify) takes 2 arguments");
+    }
+    return channel_async_start(CHANNEL_CAST(self), args[0], args[1]);
+}
+
+static PyObject *
+channel_async_recv(PyObject *self, PyObject *notify)
+{
+    return channel_async_start(CHANNEL_CAST(self), NULL, notify);
+}
+
+static PyObject *
+asyncop_done(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    gf_async *a = ASYNCOP_CAST(self)->a;
+    return PyBool_FromLong(a != NULL && atomic_load_explicit(&a->sel.signaled, memory_order_acquire));
+}
+
+static PyObject *
+asyncop_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    AsyncOpObject *op = ASYNCOP_CAST(self);
+    return PyBool_FromLong(asyncop_withdraw(op));
+}
+
+static PyObject *
+asyncop_result(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    AsyncOpObject *op = ASYNCOP_CAST(self);
+    gf_async *a = op->a;
+    if (a == NULL || atomic_load_explicit(&a->sel.state, memory_order_acquire) == GF_WITHDRAWN) {
+        PyErr_SetString(PyExc_RuntimeError, "the operation was withdrawn");
+        return NULL;
+    }
+    if (!atomic_load_explicit(&a->sel.signaled, memory_order_acquire)) {
+        PyErr_SetString(PyExc_RuntimeError, "the operation is still pending");
+        return NULL;
+    }
+    if (a->sel.closed) {
+        return raise_closed(op->ch->st, -1);
+    }
+    if (a->is_send) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(a->sel.result);
+}
+
+static PyMethodDef asyncop_methods[] = {
+    {"done", asyncop_done, METH_NOARGS, "True once the operation completed (or found the channel closed)."},
+    {"cancel", asyncop_cancel, METH_NOARGS,
+     "Withdraw the pending operation. True if withdrawn (nothing was sent or taken), False if it had "
+     "already completed."},
+    {"result", asyncop_result, METH_NOARGS,
+     "The received value (None for a send); raises ChannelClosed if it completed by the close."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot asyncop_slots[] = {
+    {Py_tp_dealloc, asyncop_dealloc},
+    {Py_tp_traverse, asyncop_traverse},
+    {Py_tp_clear, asyncop_clear},
+    {Py_tp_methods, asyncop_methods},
+    {Py_tp_doc, "A pending asyncio send or recv on a Channel (internal)."},
+    {0, NULL},
+};
+
+static PyType_Spec asyncop_spec = {
+    .name = "gilfree._core._AsyncOp",
+    .basicsize = sizeof(AsyncOpObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = asyncop_slots,
+};
+
+/* ---- Channel type tables ------------------------------------------------------------------------ */
+
+static PyMethodDef channel_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))channel_send, METH_FASTCALL | METH_KEYWORDS,
+     "send(value, timeout=None)\n--\n\nSend value, blocking (GIL released) while there is no room. Raises "
+     "ChannelClosed if the channel is closed before or while waiting, TimeoutError when timeout passes; "
+     "a send that raised delivered nothing."},
+    {"recv", (PyCFunction)(void (*)(void))channel_recv, METH_FASTCALL | METH_KEYWORDS,
+     "recv(timeout=None)\n--\n\nReceive the next value, blocking (GIL released) until one arrives. After "
+     "close() buffered values are still delivered, then ChannelClosed is raised."},
+    {"send_nowait", channel_send_nowait, METH_O,
+     "send_nowait(value)\n--\n\nSend without blocking; WouldBlock if it cannot proceed now."},
+    {"recv_nowait", channel_recv_nowait, METH_NOARGS,
+     "recv_nowait()\n--\n\nReceive without blocking; WouldBlock if nothing is ready."},
+    {"send_many", (PyCFunction)(void (*)(void))channel_send_many, METH_FASTCALL | METH_KEYWORDS,
+     "send_many(values, timeout=None)\n--\n\nSend every value of the iterable, in order, as many per lock "
+     "as fit. Returns the count. On close or timeout the exception carries .sent, the count delivered."},
+    {"recv_many", (PyCFunction)(void (*)(void))channel_recv_many, METH_FASTCALL | METH_KEYWORDS,
+     "recv_many(max_items, timeout=None)\n--\n\nReceive between 1 and max_items values: what is there, "
+     "waiting only for the first."},
+    {"close", channel_close, METH_NOARGS,
+     "close()\n--\n\nClose the channel (idempotent). Blocked senders raise ChannelClosed; receivers drain "
+     "what is buffered, then raise ChannelClosed."},
+    {"__enter__", channel_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))channel_exit, METH_FASTCALL, NULL},
+    {"__reduce__", channel_reduce, METH_NOARGS, NULL},
+    {"__reduce_ex__", channel_reduce, METH_O, NULL},
+    {"_async_send", (PyCFunction)(void (*)(void))channel_async_send, METH_FASTCALL,
+     "_async_send(value, notify) -> _AsyncOp (internal: used by send_async)"},
+    {"_async_recv", channel_async_recv, METH_O,
+     "_async_recv(notify) -> _AsyncOp (internal: used by recv_async)"},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef channel_getset[] = {
+    {"closed", channel_get_closed, NULL, "True once close() was called.", NULL},
+    {"capacity", channel_get_capacity, NULL, "0 unbuffered, N bounded, None unbounded.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef channel_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ChannelObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot channel_slots[] = {
+    {Py_tp_new, channel_new},
+    {Py_tp_dealloc, channel_dealloc},
+    {Py_tp_traverse, channel_traverse},
+    {Py_tp_clear, channel_clear},
+    {Py_tp_methods, channel_methods},
+    {Py_tp_getset, channel_getset},
+    {Py_tp_members, channel_members},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, channel_iternext},
+    {Py_tp_repr, channel_repr},
+    {Py_sq_length, channel_length},
+    {Py_tp_doc, "Channel(capacity=0)\n--\n\nA Go-style channel: 0 unbuffered, N bounded, None unbounded."},
+    {0, NULL},
+};
+
+static PyType_Spec channel_spec = {
+    .name = "gilfree._core.Channel",
+    .basicsize = sizeof(ChannelObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = channel_slots,
+};
+
+int
+gf_channel_setup(PyObject *module, gf_state *st)
+{
+    st->channel_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &channel_spec, NULL);
+    if (st->channel_type == NULL || PyModule_AddType(module, st->channel_type) < 0) {
+        return -1;
+    }
+    st->asyncop_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &asyncop_spec, NULL);
+    if (st->asyncop_type == NULL || PyModule_AddType(module, st->asyncop_type) < 0) {
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,80 @@
+/* channel.h — Go-style channels: the object, its non-blocking core operations, and the engine that every
+ * blocking operation (send, recv, select) runs.
+ *
+ * The core operations run with the channel's lock held and mirror each other, as Go's chan.go does:
+ *     send: closed -> a parked receiver: hand the value over -> room in the buffer -> would block
+ *     recv: a buffered value (then refill from a parked sender) -> a parked sender: take its value
+ *           -> closed -> would block
+ * They never call Python, never wait for the GIL, never allocate except to grow an unbounded buffer.
+ */
+#ifndef GILFREE_CHANNEL_H
+#define GILFREE_CHANNEL_H
+
+#include "gilfree.h"
+#include "park.h"
+
+typedef struct ChannelObject {
+    PyObject_HEAD
+    gf_state *st;           /* module state (the type keeps the module alive) */
+    /* lock guards every field below. Taken by attached threads only, for short sections that call no
+     * Python and never wait for the GIL, so waiting for it while attached cannot deadlock. Several channel
+     * locks are taken together only by select, in address order. */
+    pthread_mutex_t lock;
+    int lock_init;
+    Py_ssize_t capacity;    /* 0 unbuffered, > 0 bounded, -1 unbounded */
+    PyObject **buf;         /* ring of owned references; size bufsize, a power of two, or NULL */
+    Py_ssize_t bufsize;
+    Py_ssize_t head;        /* index of the oldest value */
+    Py_ssize_t count;       /* values buffered; <= capacity when bounded */
+    int closed;
+    gf_waitq recvq;         /* parked receivers; claimable ones only while count == 0 */
+    gf_waitq sendq;         /* parked senders; claimable ones only while the buffer is full */
+    PyObject *weakreflist;
+} ChannelObject;
+
+/* Results of the core operations and of the engine. */
+enum { GF_OK = 0, GF_WOULDBLOCK = 1, GF_CLOSED = 2, GF_NOMEM = 3 };
+
+static inline void gf_chan_lock(ChannelObject *ch) { pthread_mutex_lock(&ch->lock); }
+static inline void gf_chan_unlock(ChannelObject *ch) { pthread_mutex_unlock(&ch->lock); }
+
+/* Under ch->lock. On GF_OK the owned reference `v` has moved into the channel or to a receiver. */
+int gf_chan_try_send(ChannelObject *ch, PyObject *v, gf_wakelist *wl);
+/* Under ch->lock. On GF_OK *out is a new (moved) reference. */
+int gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl);
+
+static inline int
+gf_is_channel(gf_state *st, PyObject *op)
+{
+    return PyObject_TypeCheck(op, st->channel_type);
+}
+
+/* 1 if `bound` is a channel's bound recv, 2 if its bound send (*ch set, borrowed), else 0. */
+int gf_channel_case_kind(gf_state *st, PyObject *bound, ChannelObject **ch);
+
+/* ---- the engine (select.c) ---------------------------------------------------------------------- */
+
+typedef struct gf_case {
+    ChannelObject *ch;  /* NULL: a case that is never ready (Go's nil channel) */
+    PyObject *value;    /* send case: an owned reference, consumed by the engine; NULL for recv */
+    int is_send;
+} gf_case;
+
+typedef struct gf_outcome {
+    int index;          /* the case that proceeded */
+    int closed;         /* it proceeded because its channel is closed (send: nothing was sent) */
+    PyObject *value;    /* recv case: the received value (new reference); else NULL */
+} gf_outcome;
+
+/* Run one operation over n cases: poll them in random order, else (block) park on all until one
+ * proceeds, the deadline passes or a signal handler raises. Consumes every send case's value (delivered,
+ * or released). Returns GF_OK with *out filled, GF_WOULDBLOCK when !block and nothing was ready, or -1
+ * with an exception set (TimeoutError, the signal handler's exception, MemoryError). */
+int gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline *d, gf_outcome *out);
+
+/* Argument parsing for METH_FASTCALL|METH_KEYWORDS methods: fills out[0..nmax) (NULL when absent) from
+ * positional and keyword arguments named by `names`. Raises TypeError like CPython's own parsers. */
+int gf_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nrequired, int nmax, PyObject **out);
+
+#endif

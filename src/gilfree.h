@@ -1,0 +1,38 @@
+/* gilfree.h — what every C file of gilfree._core shares: the module state and the per-file setup hooks.
+ *
+ * The core keeps no C globals holding Python objects: every type, exception and sentinel lives in the
+ * module state (gf_state), reached from a module object or, for instances, through the pointer each
+ * object caches when it is created (an instance keeps its heap type alive, the type keeps the module).
+ *
+ * Dependencies point one way: module.c -> channel.c, select.c -> park.c.
+ */
+#ifndef GILFREE_H
+#define GILFREE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+typedef struct gf_state {
+    PyTypeObject *channel_type;   /* gilfree._core.Channel */
+    PyTypeObject *asyncop_type;   /* gilfree._core._AsyncOp: one pending asyncio send or recv */
+    PyTypeObject *sentinel_type;  /* type of CLOSED and default */
+    PyObject *ChannelClosed;      /* exception: the channel is closed */
+    PyObject *WouldBlock;         /* exception: a *_nowait call could not proceed */
+    PyObject *CLOSED;             /* singleton a select recv case yields on a closed, drained channel */
+    PyObject *default_case;       /* singleton marking select's non-blocking default case */
+    unsigned long main_ident;     /* thread ident of the main thread: its waits poll for signals */
+} gf_state;
+
+extern PyModuleDef gf_module_def;
+
+static inline gf_state *
+gf_get_state(PyObject *module)
+{
+    return (gf_state *)PyModule_GetState(module);
+}
+
+/* Each file with a type or a function exports one setup function; module.c only chains them. */
+int gf_channel_setup(PyObject *module, gf_state *st);
+int gf_select_setup(PyObject *module, gf_state *st);
+
+#endif

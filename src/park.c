@@ -1,0 +1,282 @@
+/* park.c — parking a thread on a gf_sel, firing it, and waking it (see park.h for the contract).
+ *
+ * Invariants (as in park.h):
+ *   - mu is a leaf lock: nothing else is locked, no Python is called, while it is held.
+ *   - A completer signals a thread owner with mu held and never touches the gf_sel after unlocking mu;
+ *     the owner returns only after taking mu once after `signaled` became 1.
+ *   - Async gf_sels are freed by the last gf_sel_decref, always attached and with no internal lock held.
+ */
+#include "park.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#  include <immintrin.h>
+#  define gf_cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#  define gf_cpu_relax() __asm__ __volatile__("yield")
+#else
+#  define gf_cpu_relax() ((void)0)
+#endif
+
+/* ---- clock -------------------------------------------------------------------------------------- */
+
+static void
+now_monotonic(struct timespec *ts)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+static void
+ts_add_ns(struct timespec *ts, int64_t ns)
+{
+    ts->tv_sec += (time_t)(ns / 1000000000);
+    ts->tv_nsec += (long)(ns % 1000000000);
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec += 1;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+static int
+ts_before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+int
+gf_deadline_from_timeout(PyObject *timeout, gf_deadline *out, const char *name)
+{
+    out->infinite = 1;
+    if (timeout == NULL || timeout == Py_None) {
+        return 0;
+    }
+    if (!PyFloat_Check(timeout) && !PyLong_Check(timeout)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a number of seconds or None, not %.100s", name,
+                     Py_TYPE(timeout)->tp_name);
+        return -1;
+    }
+    double secs = PyFloat_AsDouble(timeout);
+    if (secs == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(secs)) {
+        PyErr_Format(PyExc_ValueError, "%s must not be NaN", name);
+        return -1;
+    }
+    if (secs < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be non-negative, got %R", name, timeout);
+        return -1;
+    }
+    if (secs > 1e9) { /* ~31 years: as good as forever, and no overflow below */
+        return 0;
+    }
+    out->infinite = 0;
+    now_monotonic(&out->at);
+    ts_add_ns(&out->at, (int64_t)(secs * 1e9));
+    return 0;
+}
+
+int
+gf_deadline_passed(const gf_deadline *d)
+{
+    if (d->infinite) {
+        return 0;
+    }
+    struct timespec now;
+    now_monotonic(&now);
+    return !ts_before(&now, &d->at);
+}
+
+/* ---- gf_sel ------------------------------------------------------------------------------------- */
+
+static void
+sel_reset(gf_sel *s)
+{
+    atomic_init(&s->state, GF_PENDING);
+    atomic_init(&s->signaled, 0);
+    atomic_init(&s->refs, 1);
+    s->fired = -1;
+    s->closed = 0;
+    s->result = NULL;
+    s->notify = NULL;
+    s->on_free = NULL;
+    s->wake_next = NULL;
+    s->sleeping = 0;
+    s->sync_init = 0;
+}
+
+int
+gf_sel_init(gf_sel *s)
+{
+    sel_reset(s);
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+#if !defined(__APPLE__)
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+#endif
+    int rc = pthread_cond_init(&s->cv, &attr);
+    pthread_condattr_destroy(&attr);
+    if (rc != 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+        pthread_cond_destroy(&s->cv);
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->sync_init = 1;
+    return 0;
+}
+
+void
+gf_sel_fini(gf_sel *s)
+{
+    if (s->sync_init) {
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        s->sync_init = 0;
+    }
+}
+
+gf_sel *
+gf_sel_new_async(size_t size, PyObject *notify, void (*on_free)(gf_sel *))
+{
+    gf_sel *s = (gf_sel *)PyMem_RawCalloc(1, size);
+    if (s == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    sel_reset(s);
+    s->notify = Py_NewRef(notify);
+    s->on_free = on_free;
+    return s;
+}
+
+void
+gf_sel_decref(gf_sel *s)
+{
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        s->on_free(s);
+    }
+}
+
+void
+gf_sel_fire(gf_sel *s, int index, int closed, PyObject *result, gf_wakelist *wl)
+{
+    s->fired = index;
+    s->closed = closed;
+    s->result = result;
+    if (s->notify != NULL) {
+        /* Async owner: publish now (its owner polls `signaled` from Python), wake after unlocking. */
+        atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+        atomic_store_explicit(&s->signaled, 1, memory_order_release);
+    }
+    s->wake_next = wl->head;
+    wl->head = s;
+}
+
+void
+gf_wakelist_run(gf_wakelist *wl)
+{
+    gf_sel *s = wl->head;
+    wl->head = NULL;
+    while (s != NULL) {
+        gf_sel *next = s->wake_next; /* read first: after the wake-up s may be gone */
+        if (s->notify != NULL) {
+            PyObject *r = PyObject_CallNoArgs(s->notify);
+            if (r == NULL) {
+                PyErr_WriteUnraisable(s->notify);
+            }
+            Py_XDECREF(r);
+            gf_sel_decref(s);
+        }
+        else {
+            pthread_mutex_lock(&s->mu);
+            atomic_store_explicit(&s->signaled, 1, memory_order_release);
+            if (s->sleeping) {
+                pthread_cond_signal(&s->cv);
+            }
+            pthread_mutex_unlock(&s->mu);
+        }
+        s = next;
+    }
+}
+
+/* ---- parking ------------------------------------------------------------------------------------ */
+
+int
+gf_park(gf_sel *s, const gf_deadline *d, int is_main)
+{
+    for (int i = 0; i < GF_SPIN_ITERATIONS; i++) {
+        if (atomic_load_explicit(&s->signaled, memory_order_acquire)) {
+            break;
+        }
+        gf_cpu_relax();
+    }
+    pthread_mutex_lock(&s->mu);
+    while (!atomic_load_explicit(&s->signaled, memory_order_acquire)) {
+        struct timespec wake;
+        int bounded = 0, polling = 0;
+        if (!d->infinite) {
+            wake = d->at;
+            bounded = 1;
+        }
+        if (is_main) {
+            struct timespec poll;
+            now_monotonic(&poll);
+            ts_add_ns(&poll, GF_SIGNAL_POLL_NS);
+            if (!bounded || ts_before(&poll, &wake)) {
+                wake = poll;
+                bounded = 1;
+                polling = 1;
+            }
+        }
+        s->sleeping = 1;
+        int rc = bounded ? pthread_cond_timedwait(&s->cv, &s->mu, &wake)
+                         : pthread_cond_wait(&s->cv, &s->mu);
+        s->sleeping = 0;
+        if (rc == ETIMEDOUT && !atomic_load_explicit(&s->signaled, memory_order_acquire)) {
+            pthread_mutex_unlock(&s->mu);
+            /* Woken by the clock: either the deadline passed, or it is the main thread's poll. */
+            return (!polling || gf_deadline_passed(d)) ? GF_PARK_TIMEOUT : GF_PARK_CHECK_SIGNALS;
+        }
+    }
+    /* Taking mu after `signaled` was set means the completer has released mu: it is done with s. */
+    pthread_mutex_unlock(&s->mu);
+    return GF_PARK_OK;
+}
+
+void
+gf_park_until_signaled(gf_sel *s)
+{
+    gf_deadline forever = {.infinite = 1};
+    (void)gf_park(s, &forever, 0);
+}
+
+/* ---- random ------------------------------------------------------------------------------------- */
+
+uint64_t
+gf_random(void)
+{
+    static _Thread_local uint64_t x;
+    if (x == 0) {
+        struct timespec ts;
+        now_monotonic(&ts);
+        x = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)&ts ^ 0x9E3779B97F4A7C15ull;
+        if (x == 0) {
+            x = 0x9E3779B97F4A7C15ull;
+        }
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return x * 0x2545F4914F6CDD1Dull;
+}

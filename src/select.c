@@ -1,0 +1,397 @@
+/* select.c — the engine every blocking channel operation runs, and gilfree.select() on top of it.
+ *
+ * The engine follows Go's selectgo in numbered passes:
+ *   1. Lock every channel named by a case, in address order (so two selects naming the same channels in
+ *      opposite orders cannot deadlock), and poll the cases in a random order: the first that can proceed
+ *      does, so among several ready cases each is chosen with equal probability.
+ *   2. Nothing ready and the caller may block: queue one waiter per case, all pointing at one gf_sel, and
+ *      unlock. Park with the GIL released until a peer fires the gf_sel (exactly one case wins the CAS), the
+ *      deadline passes, or, on the main thread, a signal handler raises (checked every 50 ms).
+ *   3. Lock the channels again and unlink the waiters still queued (the losers). A lone waiter that fired
+ *      was already unlinked by its completer: no second locking.
+ * A timeout or an exception withdraws the gf_sel first; if a completer won that race the operation
+ * happened, so its outcome is kept, and the signal handler's exception is raised right after, through a
+ * pending call: a value taken is never dropped.
+ *
+ * Invariants:
+ *   - Send values are owned references that move, never copy: into a channel or a receiver on success, back
+ *     to the engine (which releases them) otherwise.
+ *   - No lock is held while Python runs: wake-ups and releases happen after unlocking.
+ */
+#include "channel.h"
+
+#include <signal.h>
+
+#define GF_SMALL_SELECT 8
+
+/* ---- locking several channels ------------------------------------------------------------------- */
+
+/* Fill order[] with the indices of distinct channels, sorted by address. Returns their number. */
+static int
+lock_order(gf_case *cases, int n, int *order)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        ChannelObject *ch = cases[i].ch;
+        if (ch == NULL) {
+            continue;
+        }
+        int j = m, dup = 0;
+        while (j > 0 && (uintptr_t)cases[order[j - 1]].ch >= (uintptr_t)ch) {
+            if (cases[order[j - 1]].ch == ch) {
+                dup = 1;
+                break;
+            }
+            j--;
+        }
+        if (dup) {
+            continue;
+        }
+        for (int k = m; k > j; k--) {
+            order[k] = order[k - 1];
+        }
+        order[j] = i;
+        m++;
+    }
+    return m;
+}
+
+static void
+lock_all(gf_case *cases, const int *order, int m)
+{
+    for (int k = 0; k < m; k++) {
+        gf_chan_lock(cases[order[k]].ch);
+    }
+}
+
+static void
+unlock_all(gf_case *cases, const int *order, int m)
+{
+    for (int k = m - 1; k >= 0; k--) {
+        gf_chan_unlock(cases[order[k]].ch);
+    }
+}
+
+/* ---- deferred exceptions ------------------------------------------------------------------------ */
+
+static int
+raise_deferred(void *arg)
+{
+    PyObject *exc = (PyObject *)arg;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
+/* The operation completed although a signal handler raised while we waited: keep the outcome, and have
+ * the exception raised at the interpreter's next check (right after this call returns). */
+static void
+defer_current_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (value == NULL) {
+        return;
+    }
+    if (PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt)) {
+        Py_DECREF(value);
+        (void)PyErr_SetInterruptEx(SIGINT); /* runs the SIGINT handler again at the next check */
+        return;
+    }
+    if (Py_AddPendingCall(raise_deferred, value) < 0) {
+        Py_DECREF(value);
+    }
+}
+
+/* ---- the engine --------------------------------------------------------------------------------- */
+
+int
+gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline *d, gf_outcome *out)
+{
+    int pollbuf[GF_SMALL_SELECT], orderbuf[GF_SMALL_SELECT];
+    gf_waiter waitbuf[GF_SMALL_SELECT];
+    int *poll = pollbuf, *order = orderbuf;
+    gf_waiter *ws = waitbuf;
+    int ret = -1, sel_ready = 0, nactive = 0;
+    gf_sel sel;
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    out->index = -1;
+    out->closed = 0;
+    out->value = NULL;
+
+    if (n > GF_SMALL_SELECT) {
+        poll = PyMem_Malloc((size_t)n * sizeof(int));
+        order = PyMem_Malloc((size_t)n * sizeof(int));
+        ws = PyMem_Malloc((size_t)n * sizeof(gf_waiter));
+        if (poll == NULL || order == NULL || ws == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        poll[i] = i;
+        nactive += cases[i].ch != NULL;
+    }
+    for (int i = n - 1; i > 0; i--) { /* Fisher-Yates */
+        int j = (int)(gf_random() % (uint64_t)(i + 1));
+        int t = poll[i];
+        poll[i] = poll[j];
+        poll[j] = t;
+    }
+    int m = lock_order(cases, n, order);
+
+    /* Pass 1: poll. Repeated once if we had to unlock to prepare the gf_sel for parking. */
+    for (;;) {
+        int fired = -1, closed = 0, nomem = 0;
+        PyObject *got = NULL;
+        lock_all(cases, order, m);
+        for (int k = 0; k < n && fired < 0 && !nomem; k++) {
+            gf_case *c = &cases[poll[k]];
+            int r;
+            if (c->ch == NULL) {
+                continue;
+            }
+            if (c->is_send) {
+                r = gf_chan_try_send(c->ch, c->value, &wl);
+                if (r == GF_OK) {
+                    c->value = NULL;
+                }
+            }
+            else {
+                r = gf_chan_try_recv(c->ch, &got, &wl);
+            }
+            if (r == GF_OK || r == GF_CLOSED) {
+                fired = poll[k];
+                closed = r == GF_CLOSED;
+            }
+            nomem = r == GF_NOMEM;
+        }
+        int timed_out = fired < 0 && block && gf_deadline_passed(d);
+        if (fired >= 0 || nomem || !block || timed_out) {
+            unlock_all(cases, order, m);
+            gf_wakelist_run(&wl);
+            if (nomem) {
+                PyErr_NoMemory();
+            }
+            else if (fired >= 0) {
+                out->index = fired;
+                out->closed = closed;
+                out->value = got;
+                ret = GF_OK;
+            }
+            else if (!block) {
+                ret = GF_WOULDBLOCK;
+            }
+            else {
+                PyErr_SetString(PyExc_TimeoutError, "timed out");
+            }
+            goto done;
+        }
+        if (sel_ready) {
+            break; /* still locked: go on to pass 2 */
+        }
+        unlock_all(cases, order, m);
+        if (gf_sel_init(&sel) < 0) {
+            goto done;
+        }
+        sel_ready = 1;
+    }
+
+    /* Pass 2: queue a waiter per case (channels still locked), unlock, park. */
+    for (int i = 0; i < n; i++) {
+        gf_case *c = &cases[i];
+        if (c->ch == NULL) {
+            continue;
+        }
+        gf_waiter *w = &ws[i];
+        w->sel = &sel;
+        w->chan = c->ch;
+        w->index = i;
+        w->value = c->value; /* moves into the waiter */
+        c->value = NULL;
+        w->linked = 0;
+        gf_waitq_push(c->is_send ? &c->ch->sendq : &c->ch->recvq, w);
+    }
+    unlock_all(cases, order, m);
+
+    int is_main = PyThread_get_thread_ident() == st->main_ident;
+    enum { FIRED, TIMED_OUT, RAISED } outcome = FIRED;
+    for (;;) {
+        int pr;
+        Py_BEGIN_ALLOW_THREADS
+        pr = gf_park(&sel, d, is_main);
+        Py_END_ALLOW_THREADS
+        if (pr == GF_PARK_OK) {
+            break;
+        }
+        if (pr == GF_PARK_CHECK_SIGNALS && PyErr_CheckSignals() == 0) {
+            continue; /* no signal: park again */
+        }
+        /* Timeout, or a signal handler raised: give up unless a completer got there first. */
+        if (gf_sel_withdraw(&sel)) {
+            outcome = pr == GF_PARK_TIMEOUT ? TIMED_OUT : RAISED;
+            break;
+        }
+        if (pr == GF_PARK_CHECK_SIGNALS) {
+            defer_current_exception();
+        }
+        Py_BEGIN_ALLOW_THREADS
+        gf_park_until_signaled(&sel);
+        Py_END_ALLOW_THREADS
+        break;
+    }
+
+    /* Pass 3: unlink the waiters still queued, and take back the values not sent. */
+    if (outcome != FIRED || nactive > 1) {
+        lock_all(cases, order, m);
+        for (int i = 0; i < n; i++) {
+            if (cases[i].ch != NULL) {
+                gf_waitq_unlink(cases[i].is_send ? &cases[i].ch->sendq : &cases[i].ch->recvq, &ws[i]);
+            }
+        }
+        unlock_all(cases, order, m);
+    }
+    for (int i = 0; i < n; i++) {
+        if (cases[i].ch != NULL && ws[i].value != NULL) {
+            cases[i].value = ws[i].value; /* released below, with the lock free */
+            ws[i].value = NULL;
+        }
+    }
+    if (outcome == FIRED) {
+        out->index = sel.fired;
+        out->closed = sel.closed;
+        out->value = sel.result;
+        ret = GF_OK;
+    }
+    else if (outcome == TIMED_OUT) {
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+    }
+
+done:
+    if (sel_ready) {
+        gf_sel_fini(&sel);
+    }
+    for (int i = 0; i < n; i++) {
+        Py_CLEAR(cases[i].value);
+    }
+    if (poll != pollbuf) {
+        PyMem_Free(poll);
+        PyMem_Free(order);
+        PyMem_Free(ws);
+    }
+    return ret;
+}
+
+/* ---- gilfree.select ----------------------------------------------------------------------------- */
+
+static PyObject *
+select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    gf_state *st = gf_get_state(module);
+    PyObject *timeout = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
+            return PyErr_Format(PyExc_TypeError, "select() got an unexpected keyword argument '%U'", key);
+        }
+        timeout = args[nargs + k];
+    }
+    gf_deadline d;
+    if (gf_deadline_from_timeout(timeout, &d, "timeout") < 0) {
+        return NULL;
+    }
+    if (nargs > 1 << 20) {
+        return PyErr_Format(PyExc_ValueError, "select() takes at most %d cases", 1 << 20);
+    }
+    int n = (int)nargs, default_index = -1;
+    gf_case smallcases[GF_SMALL_SELECT];
+    gf_case *cases = n > GF_SMALL_SELECT ? PyMem_Calloc((size_t)n, sizeof(gf_case)) : smallcases;
+    if (cases == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = NULL;
+    for (int i = 0; i < n; i++) {
+        cases[i].ch = NULL;
+        cases[i].value = NULL;
+        cases[i].is_send = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        PyObject *arg = args[i];
+        ChannelObject *ch;
+        if (arg == Py_None) {
+            continue; /* never ready */
+        }
+        if (arg == st->default_case) {
+            if (default_index >= 0) {
+                PyErr_SetString(PyExc_TypeError, "select() got more than one default case");
+                goto done;
+            }
+            default_index = i;
+            continue;
+        }
+        if (gf_channel_case_kind(st, arg, &ch) == 1) {
+            cases[i].ch = ch;
+            continue;
+        }
+        if (PyTuple_Check(arg) && PyTuple_GET_SIZE(arg) == 2 &&
+            gf_channel_case_kind(st, PyTuple_GET_ITEM(arg, 0), &ch) == 2) {
+            cases[i].ch = ch;
+            cases[i].is_send = 1;
+            cases[i].value = Py_NewRef(PyTuple_GET_ITEM(arg, 1));
+            continue;
+        }
+        PyErr_Format(PyExc_TypeError,
+                     "select() case %d must be a channel's bound recv, a (channel.send, value) pair, "
+                     "gilfree.default or None, not %.100R",
+                     i, arg);
+        goto done;
+    }
+    gf_outcome o;
+    int r = gf_engine_run(st, cases, n, default_index < 0, &d, &o);
+    if (r < 0) {
+        goto done;
+    }
+    if (r == GF_WOULDBLOCK) {
+        result = Py_BuildValue("(iO)", default_index, Py_None);
+        goto done;
+    }
+    if (o.closed && cases[o.index].is_send) {
+        PyErr_SetString(st->ChannelClosed, "select: send case on a closed channel");
+        goto done;
+    }
+    if (o.closed) {
+        o.value = Py_NewRef(st->CLOSED);
+    }
+    result = Py_BuildValue("(iN)", o.index, o.value ? o.value : Py_NewRef(Py_None));
+
+done:
+    for (int i = 0; i < n; i++) {
+        Py_XDECREF(cases[i].value);
+    }
+    if (cases != smallcases) {
+        PyMem_Free(cases);
+    }
+    return result;
+}
+
+static PyMethodDef select_methods[] = {
+    {"select", (PyCFunction)(void (*)(void))select_impl, METH_FASTCALL | METH_KEYWORDS,
+     "select(*cases, timeout=None)\n--\n\n"
+     "Wait until one case can proceed, perform exactly that one, and return (index, value).\n\n"
+     "A case is a channel's bound recv, a (channel.send, value) pair, gilfree.default (makes the call\n"
+     "non-blocking: its index is returned when nothing is ready) or None (never ready). A recv case on a\n"
+     "closed, drained channel yields gilfree.CLOSED; a send case on a closed channel raises ChannelClosed.\n"
+     "Among several ready cases one is chosen uniformly at random. TimeoutError when timeout passes."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+gf_select_setup(PyObject *module, gf_state *Py_UNUSED(st))
+{
+    return PyModule_AddFunctions(module, select_methods);
+}
