@@ -651,6 +651,26 @@ channel_length(PyObject *op)
     return n;
 }
 
+static Py_ssize_t
+count_pending(gf_waitq *q)
+{
+    Py_ssize_t n = 0;
+    for (gf_waiter *w = q->head; w != NULL; w = w->next) {
+        n += atomic_load_explicit(&w->sel->state, memory_order_relaxed) == GF_PENDING;
+    }
+    return n;
+}
+
+static PyObject *
+channel_waiters(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_chan_lock(ch);
+    Py_ssize_t r = count_pending(&ch->recvq), s = count_pending(&ch->sendq);
+    gf_chan_unlock(ch);
+    return Py_BuildValue("(nn)", r, s);
+}
+
 static PyObject *
 channel_get_closed(PyObject *op, void *Py_UNUSED(closure))
 {
@@ -945,6 +965,8 @@ static PyMethodDef channel_methods[] = {
      "_async_send(value, notify) -> _AsyncOp (internal: used by send_async)"},
     {"_async_recv", channel_async_recv, METH_O,
      "_async_recv(notify) -> _AsyncOp (internal: used by recv_async)"},
+    {"_waiters", channel_waiters, METH_NOARGS,
+     "_waiters() -> (receivers, senders) parked now (introspection for tests and debugging)"},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
 };

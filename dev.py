@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""gilfree's one development entry point. Needs only Python 3.11+ and a C compiler.
+
+    python3 dev.py bench                      set up, then run the main job (the benchmark)
+    python3 dev.py test                       set up, build with -Werror, run every test
+    python3 dev.py test --sanitize address    the same under ASan+UBSan
+    python3 dev.py test --sanitize thread     the same under TSan
+    python3 dev.py test --python /path/to/python3.12     under another interpreter
+
+Each (interpreter, build) pair gets its own virtualenv in .venv/ and its own build in build/; the package is
+built from this tree and put first on PYTHONPATH, so the tests always run the code checked out here.
+Extra arguments after `--` go to pytest (or to the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "setuptools>=64", "wheel"]
+BENCH_REQUIREMENTS = ["setuptools>=64", "wheel"]
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> None:
+    print("+", " ".join(cmd), flush=True)
+    out = subprocess.DEVNULL if quiet else None
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=out)
+
+
+def interpreter_tag(python: str) -> str:
+    code = "import sys, sysconfig; print(f'{sys.implementation.cache_tag}{\"t\" if sysconfig.get_config_var(\"Py_GIL_DISABLED\") else \"\"}')"
+    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def venv(python: str, tag: str, requirements: list[str]) -> str:
+    """A virtualenv for this interpreter with the requirements installed; returns its python."""
+    path = ROOT / ".venv" / tag
+    vpython = path / "bin" / "python"
+    stamp = path / ".requirements"
+    wanted = "\n".join(requirements)
+    if not vpython.exists():
+        run([python, "-m", "venv", str(path)])
+    if not stamp.exists() or stamp.read_text() != wanted:
+        run([str(vpython), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements])
+        stamp.write_text(wanted)
+    return str(vpython)
+
+
+def sanitizer_runtime(kind: str) -> str:
+    lib = {"address": "libasan.so", "thread": "libtsan.so"}[kind]
+    cc = sysconfig.get_config_var("CC") or "cc"
+    out = subprocess.run([cc.split()[0], f"-print-file-name={lib}"], capture_output=True, text=True).stdout
+    path = out.strip()
+    if not path or not os.path.isabs(path):
+        raise SystemExit(f"cannot find {lib} for the {kind} sanitizer (is gcc installed?)")
+    return os.path.realpath(path)
+
+
+def build(vpython: str, tag: str, sanitize: str | None) -> Path:
+    """Build the package (extension included) into build/<tag>/lib and return that directory."""
+    base = ROOT / "build" / tag
+    lib = base / "lib"
+    shutil.rmtree(lib, ignore_errors=True)
+    env = dict(os.environ, GILFREE_WERROR="1")
+    if sanitize:
+        env["GILFREE_SANITIZE"] = sanitize
+    run([vpython, "setup.py", "--quiet", "build", "--build-base", str(base), "--build-lib", str(lib),
+         "--force"], env=env, quiet=True)
+    return lib
+
+
+def test_env(lib: Path, sanitize: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(lib) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONFAULTHANDLER"] = "1"
+    if sanitize:
+        env["LD_PRELOAD"] = sanitizer_runtime(sanitize)
+        env["GILFREE_STRESS_SCALE"] = env.get("GILFREE_STRESS_SCALE", "0.1")
+        env["GILFREE_SANITIZER"] = sanitize
+    if sanitize == "address":
+        env["PYTHONMALLOC"] = "malloc"  # let ASan see every Python allocation
+        env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0"
+        env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    if sanitize == "thread":
+        supp = ROOT / ".ci" / "tsan.supp"
+        env["TSAN_OPTIONS"] = f"halt_on_error=1:second_deadlock_stack=1:suppressions={supp}"
+    return env
+
+
+def cmd_test(args: argparse.Namespace, extra: list[str]) -> int:
+    python = args.python or sys.executable
+    tag = interpreter_tag(python) + (f"-{args.sanitize}" if args.sanitize else "")
+    vpython = venv(python, tag, TEST_REQUIREMENTS)
+    lib = build(vpython, tag, args.sanitize)
+    env = test_env(lib, args.sanitize)
+    pytest_args = ["-p", "no:cacheprovider", "-q", "--timeout", "600", *extra]
+    if args.sanitize:
+        pytest_args += ["-m", "not nosanitizer"]
+    cmd = [vpython, "-m", "pytest", *pytest_args]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    python = args.python or sys.executable
+    tag = interpreter_tag(python) + "-bench"
+    vpython = venv(python, tag, BENCH_REQUIREMENTS)
+    lib = build(vpython, tag, None)
+    env = test_env(lib, None)
+    cmd = [vpython, str(ROOT / "benchmarks" / "bench_channel.py"), *extra]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("test", help="build and run every test")
+    t.add_argument("--python", help="interpreter to test with (default: this one)")
+    t.add_argument("--sanitize", choices=["address", "thread"], help="build and run under a sanitizer")
+    b = sub.add_parser("bench", help="build and run the benchmark (the main job)")
+    b.add_argument("--python", help="interpreter to benchmark with (default: this one)")
+    args = parser.parse_args(argv)
+    if sys.version_info < (3, 11) and not args.python:
+        raise SystemExit("gilfree needs Python 3.11 or newer")
+    return {"test": cmd_test, "bench": cmd_bench}[args.command](args, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
