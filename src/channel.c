@@ -6,7 +6,8 @@
  * engine of select.c, which parks with the GIL released.
  *
  * Invariants (checked by the tests through behaviour; each holds whenever ch->lock is free):
- *   - 0 <= count <= bufsize; count <= capacity when capacity >= 0; buf slots outside the ring are garbage.
+ *   - 0 <= count <= bufsize; count <= capacity when capacity >= 0, except for values put back in front by
+ *     cancelled async receivers (each at most one over); buf slots outside the ring are garbage.
  *   - A claimable receiver is queued only while count == 0; a claimable sender only while the buffer is
  *     full (count == capacity, which for capacity 0 means always).
  *   - Once closed, never open again; no new waiter is queued on a closed channel.
@@ -56,6 +57,19 @@ ring_push(ChannelObject *ch, PyObject *v)
     return 0;
 }
 
+/* Put a value back in front of the others (a cancelled async receiver returning what it took). */
+static inline int
+ring_push_front(ChannelObject *ch, PyObject *v)
+{
+    if (ch->count == ch->bufsize && ring_grow(ch) < 0) {
+        return -1;
+    }
+    ch->head = (ch->head - 1) & (ch->bufsize - 1);
+    ch->buf[ch->head] = v;
+    ch->count++;
+    return 0;
+}
+
 static inline PyObject *
 ring_pop(ChannelObject *ch)
 {
@@ -91,7 +105,7 @@ gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl)
     if (ch->count > 0) {
         *out = ring_pop(ch);
         /* A slot is free: move the first parked sender's value in, keeping its place in line. */
-        if ((w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
+        if (ch->count < ch->capacity && (w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
             (void)ring_push(ch, w->value); /* cannot fail: a slot was just freed */
             w->value = NULL;
             gf_sel_fire(w->sel, w->index, 0, NULL, wl);
@@ -878,11 +892,53 @@ asyncop_done(PyObject *self, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(a != NULL && atomic_load_explicit(&a->sel.signaled, memory_order_acquire));
 }
 
+/* A recv that completed as its task was cancelled: give the value back to the channel, in front, so the
+ * next receiver gets it (a parked one directly). 0 done, -1 MemoryError. */
+static int
+asyncop_put_back(AsyncOpObject *op)
+{
+    gf_async *a = op->a;
+    ChannelObject *ch = op->ch;
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    int rc = 0;
+    gf_chan_lock(ch);
+    PyObject *v = a->sel.result;
+    a->sel.result = NULL;
+    gf_waiter *w = ch->count == 0 ? gf_waitq_claim_first(&ch->recvq) : NULL;
+    if (w != NULL) {
+        gf_sel_fire(w->sel, w->index, 0, v, &wl);
+    }
+    else if (ring_push_front(ch, v) < 0) {
+        a->sel.result = v;
+        rc = -1;
+    }
+    gf_chan_unlock(ch);
+    gf_wakelist_run(&wl);
+    if (rc < 0) {
+        PyErr_NoMemory();
+    }
+    return rc;
+}
+
 static PyObject *
 asyncop_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     AsyncOpObject *op = ASYNCOP_CAST(self);
-    return PyBool_FromLong(asyncop_withdraw(op));
+    if (op->a == NULL) {
+        Py_RETURN_TRUE;
+    }
+    if (asyncop_withdraw(op)) {
+        Py_RETURN_TRUE; /* withdrawn: nothing was sent or taken */
+    }
+    gf_async *a = op->a;
+    if (a->is_send) {
+        Py_RETURN_FALSE; /* delivered: cannot be undone */
+    }
+    if (!a->sel.closed && a->sel.result != NULL && asyncop_put_back(op) < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
 }
 
 static PyObject *
@@ -910,8 +966,8 @@ asyncop_result(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyMethodDef asyncop_methods[] = {
     {"done", asyncop_done, METH_NOARGS, "True once the operation completed (or found the channel closed)."},
     {"cancel", asyncop_cancel, METH_NOARGS,
-     "Withdraw the pending operation. True if withdrawn (nothing was sent or taken), False if it had "
-     "already completed."},
+     "Withdraw the operation. True if nothing was sent or taken (a recv that had completed puts its "
+     "value back in front of the channel), False for a send that had already delivered its value."},
     {"result", asyncop_result, METH_NOARGS,
      "The received value (None for a send); raises ChannelClosed if it completed by the close."},
     {NULL, NULL, 0, NULL},

@@ -5,10 +5,11 @@ coroutine methods, which must never block the event loop: each starts one operat
 completes at once or queues a waiter; when a thread (or another coroutine) completes it, C calls a notify
 callable that hops back to the loop with ``loop.call_soon_threadsafe``.
 
-Cancellation: cancelling the awaiting task withdraws the pending operation in C. If a peer completed it in
-the same instant (the value was already handed over), the operation's outcome is kept — the coroutine
-returns the value it received, or the send counts as delivered — and the cancellation is re-armed, so it
-raises at the task's next await. Nothing is lost and nothing is duplicated.
+Cancellation: cancelling the awaiting task withdraws the pending operation in C, so nothing is sent or
+taken. If a peer completed it in the same instant: a recv puts the value it took back in front of the channel
+(the next receiver gets it) and the task is cancelled as asked; a send, whose value is already in a
+receiver's hands, returns normally and the cancellation is re-armed, raising at the task's next await.
+Nothing is lost, nothing duplicated, and no cancellation is swallowed.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ async def _await_op(op: Any, fut: asyncio.Future[None]) -> Any:
             await fut
         except asyncio.CancelledError:
             if op.cancel():
-                raise  # withdrawn: nothing was sent or taken
-            # A peer completed it as we were cancelled: keep the outcome, re-arm the cancellation.
+                raise  # withdrawn, or a received value put back: nothing was sent or taken
+            # A send completed as we were cancelled: it was delivered; re-arm the cancellation.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
