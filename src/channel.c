@@ -210,45 +210,87 @@ static PyObject *channel_recv(PyObject *, PyObject *const *, Py_ssize_t, PyObjec
 
 /* ---- one-channel operations through the engine ------------------------------------------------- */
 
-/* Send one owned value. 0 sent; 1 would block (nowait); -1 error (ChannelClosed raised here). */
+/* Send one owned value (consumed). 0 sent; 1 would block (nowait); -1 error (ChannelClosed raised here).
+ * Fast path: one lock, no engine, when it can proceed at once. */
 static int
 channel_send_one(ChannelObject *ch, PyObject *value, int block, const gf_deadline *d)
 {
-    gf_case c = {.ch = ch, .value = value, .is_send = 1};
-    gf_outcome o;
-    int r = gf_engine_run(ch->st, &c, 1, block, d, &o);
-    if (r < 0) {
-        return -1;
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    gf_chan_lock(ch);
+    int r = gf_chan_try_send(ch, value, &wl);
+    gf_chan_unlock(ch);
+    if (r == GF_OK) {
+        gf_wakelist_run(&wl);
+        return 0;
     }
-    if (r == GF_WOULDBLOCK) {
+    if (r == GF_WOULDBLOCK && block) {
+        gf_case c = {.ch = ch, .value = value, .is_send = 1};
+        gf_outcome o;
+        r = gf_engine_run(ch->st, &c, 1, block, d, &o); /* consumes value */
+        if (r < 0) {
+            return -1;
+        }
+        if (!o.closed) {
+            return 0;
+        }
+        r = GF_CLOSED;
+    }
+    else {
+        Py_DECREF(value);
+    }
+    switch (r) {
+    case GF_WOULDBLOCK:
         return 1;
-    }
-    if (o.closed) {
+    case GF_CLOSED:
         raise_closed(ch->st, -1);
         return -1;
+    default:
+        PyErr_NoMemory();
+        return -1;
     }
-    return 0;
+}
+
+/* Receive one value: a new reference, or NULL with *status GF_WOULDBLOCK (nowait) or GF_CLOSED (closed and
+ * drained), no exception set; or NULL with an exception (*status -1). */
+static PyObject *
+channel_recv_core(ChannelObject *ch, int block, const gf_deadline *d, int *status)
+{
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    PyObject *v = NULL;
+    gf_chan_lock(ch);
+    int r = gf_chan_try_recv(ch, &v, &wl);
+    gf_chan_unlock(ch);
+    *status = r;
+    if (r == GF_OK) {
+        gf_wakelist_run(&wl);
+        return v;
+    }
+    if (r == GF_WOULDBLOCK && block) {
+        gf_case c = {.ch = ch, .value = NULL, .is_send = 0};
+        gf_outcome o;
+        if (gf_engine_run(ch->st, &c, 1, block, d, &o) < 0) {
+            *status = -1;
+            return NULL;
+        }
+        *status = o.closed ? GF_CLOSED : GF_OK;
+        return o.value;
+    }
+    return NULL;
 }
 
 /* Receive one value: new reference; NULL with *wouldblock = 1 (nowait), or NULL with an exception. */
 static PyObject *
 channel_recv_one(ChannelObject *ch, int block, const gf_deadline *d, int *wouldblock)
 {
-    gf_case c = {.ch = ch, .value = NULL, .is_send = 0};
-    gf_outcome o;
-    *wouldblock = 0;
-    int r = gf_engine_run(ch->st, &c, 1, block, d, &o);
-    if (r < 0) {
-        return NULL;
-    }
-    if (r == GF_WOULDBLOCK) {
-        *wouldblock = 1;
-        return NULL;
-    }
-    if (o.closed) {
+    int status;
+    PyObject *v = channel_recv_core(ch, block, d, &status);
+    *wouldblock = status == GF_WOULDBLOCK;
+    if (status == GF_CLOSED) {
         return raise_closed(ch->st, -1);
     }
-    return o.value;
+    return v;
 }
 
 int
@@ -524,15 +566,24 @@ take_available(ChannelObject *ch, PyObject *list, Py_ssize_t want)
         }
         gf_chan_unlock(ch);
         gf_wakelist_run(&wl);
-        int failed = 0;
-        for (Py_ssize_t k = 0; k < ngot; k++) {
-            if (!failed && PyList_Append(list, got[k]) < 0) {
-                failed = 1; /* only on MemoryError */
+        if (ngot > 0) {
+            /* The references move into a new list; an empty result list takes that list's items. */
+            PyObject *part = PyList_New(ngot);
+            if (part == NULL) {
+                for (Py_ssize_t k = 0; k < ngot; k++) {
+                    Py_DECREF(got[k]); /* only on MemoryError */
+                }
+                return -1;
             }
-            Py_DECREF(got[k]);
-        }
-        if (failed) {
-            return -1;
+            for (Py_ssize_t k = 0; k < ngot; k++) {
+                PyList_SET_ITEM(part, k, got[k]);
+            }
+            Py_ssize_t len = PyList_GET_SIZE(list);
+            int rc = PyList_SetSlice(list, len, len, part);
+            Py_DECREF(part);
+            if (rc < 0) {
+                return -1;
+            }
         }
         if (ngot < room) {
             break;
@@ -645,14 +696,9 @@ channel_reduce(PyObject *op, PyObject *Py_UNUSED(args))
 static PyObject *
 channel_iternext(PyObject *op)
 {
-    ChannelObject *ch = CHANNEL_CAST(op);
     gf_deadline d = {.infinite = 1};
-    gf_case c = {.ch = ch, .value = NULL, .is_send = 0};
-    gf_outcome o;
-    if (gf_engine_run(ch->st, &c, 1, 1, &d, &o) < 0) {
-        return NULL;
-    }
-    return o.closed ? NULL : o.value; /* NULL without an exception: StopIteration */
+    int status;
+    return channel_recv_core(CHANNEL_CAST(op), 1, &d, &status); /* closed: NULL, no exception: stop */
 }
 
 static Py_ssize_t
@@ -713,12 +759,20 @@ channel_repr(PyObject *op)
     Py_ssize_t count = ch->count;
     int closed = ch->closed;
     gf_chan_unlock(ch);
-    if (ch->capacity < 0) {
-        return PyUnicode_FromFormat("<%s capacity=None len=%zd%s>", Py_TYPE(op)->tp_name, count,
-                                    closed ? " closed" : "");
+    PyObject *module = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__module__");
+    PyObject *qualname = module ? PyType_GetQualName(Py_TYPE(op)) : NULL;
+    PyObject *cap = qualname ? (ch->capacity < 0 ? PyUnicode_FromString("None")
+                                                  : PyUnicode_FromFormat("%zd", ch->capacity))
+                             : NULL;
+    PyObject *r = NULL;
+    if (cap != NULL) {
+        r = PyUnicode_FromFormat("<%S.%U capacity=%U len=%zd%s>", module, qualname, cap, count,
+                                 closed ? " closed" : "");
     }
-    return PyUnicode_FromFormat("<%s capacity=%zd len=%zd%s>", Py_TYPE(op)->tp_name, ch->capacity, count,
-                                closed ? " closed" : "");
+    Py_XDECREF(module);
+    Py_XDECREF(qualname);
+    Py_XDECREF(cap);
+    return r;
 }
 
 /* ---- _AsyncOp: one asyncio send or recv --------------------------------------------------------- */

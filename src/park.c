@@ -215,11 +215,18 @@ gf_wakelist_run(gf_wakelist *wl)
 int
 gf_park(gf_sel *s, const gf_deadline *d, int is_main)
 {
-    for (int i = 0; i < GF_SPIN_ITERATIONS; i++) {
-        if (atomic_load_explicit(&s->signaled, memory_order_acquire)) {
-            break;
-        }
+    struct timespec spin_start, now;
+    now_monotonic(&spin_start);
+    for (unsigned i = 1; !atomic_load_explicit(&s->signaled, memory_order_acquire); i++) {
         gf_cpu_relax();
+        if ((i & 63) == 0) {
+            now_monotonic(&now);
+            int64_t spun = (int64_t)(now.tv_sec - spin_start.tv_sec) * 1000000000 +
+                           (now.tv_nsec - spin_start.tv_nsec);
+            if (spun > GF_SPIN_NS) {
+                break;
+            }
+        }
     }
     pthread_mutex_lock(&s->mu);
     while (!atomic_load_explicit(&s->signaled, memory_order_acquire)) {

@@ -35,10 +35,10 @@
 /* How long a blocked main thread sleeps at most between two checks for signals (Ctrl-C within 100 ms). */
 #define GF_SIGNAL_POLL_NS (50 * 1000 * 1000)
 
-/* Spin iterations before a waiter sleeps on its condition variable. A peer on another core usually
- * answers a rendezvous within a few microseconds; sleeping and waking costs tens. Kept short so a lone
- * waiter burns almost nothing. */
-#define GF_SPIN_ITERATIONS 400
+/* How long a waiter spins (GIL released) before it sleeps on its condition variable. A peer thread that
+ * is running usually answers a rendezvous within a few microseconds, while a sleep and wake-up through the
+ * kernel costs tens of microseconds (more in a VM). Short enough that a lone waiter burns almost nothing. */
+#define GF_SPIN_NS (20 * 1000)
 
 enum { GF_PENDING = 0, GF_FIRED = 1, GF_WITHDRAWN = 2 };
 

@@ -15,7 +15,7 @@ Nothing is lost, nothing duplicated, and no cancellation is swallowed.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Generic, TypeVar
+from typing import Any, AsyncIterator, TypeVar
 
 from . import _core
 
@@ -24,7 +24,7 @@ T = TypeVar("T")
 __all__ = ["Channel"]
 
 
-def _set_done(fut: asyncio.Future[None]) -> None:
+def _set_done(fut: "asyncio.Future[None]") -> None:
     if not fut.done():
         fut.set_result(None)
 
@@ -63,7 +63,7 @@ async def _await_op(op: Any, fut: asyncio.Future[None]) -> Any:
     return op.result()
 
 
-class Channel(_core.Channel, Generic[T]):  # type: ignore[misc]
+class Channel(_core.Channel[T]):
     """A Go-style channel shared by threads and coroutines.
 
     ``Channel(capacity=0)``: 0 is unbuffered (a send completes when a receiver takes the value), ``N > 0``
@@ -71,6 +71,7 @@ class Channel(_core.Channel, Generic[T]):  # type: ignore[misc]
     """
 
     __slots__ = ()
+    __module__ = "gilfree"
 
     async def send_async(self, value: T) -> None:
         """Send from a coroutine; the event loop never blocks. Raises ChannelClosed like send()."""

@@ -99,6 +99,7 @@ class Ticker(Channel[float]):
     """
 
     __slots__ = ()
+    __module__ = "gilfree"
 
     def stop(self) -> None:
         self.close()

@@ -1,0 +1,265 @@
+"""Channel benchmark: gilfree.Channel against the standard library's queues, side by side in one run.
+
+    python3 dev.py bench                    (sets up a virtualenv and builds first)
+    python benchmarks/bench_channel.py [--repeat 5] [--items 200000] [--json out.json]
+
+Scenarios (each the median of --repeat runs, with min-max):
+  spsc        one producer thread, one consumer: ns per item, capacity 1024
+  batched     the same moving batches of 64 (send_many / recv_many) against SimpleQueue per item
+  pingpong    unbuffered round trip between two threads against a pair of SimpleQueues
+  select      the same round trip where the echo side waits in a 2-case select
+Goals (issue #2, this machine): spsc within 1.5x SimpleQueue and >= 20x faster than queue.Queue;
+batched >= 3x faster than SimpleQueue; ping-pong no slower than the SimpleQueue pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import statistics
+import sys
+import threading
+import time
+from typing import Callable
+
+import gilfree
+
+CAPACITY = 1024
+BATCH = 64
+
+
+# ---- scenarios: each returns seconds for `n` items (or round trips) --------------------------------------
+
+
+def spsc_channel(n: int) -> float:
+    ch: gilfree.Channel[int] = gilfree.Channel(CAPACITY)
+    send = ch.send
+
+    def produce() -> None:
+        for i in range(n):
+            send(i)
+
+    t = threading.Thread(target=produce)
+    recv = ch.recv
+    t0 = time.perf_counter()
+    t.start()
+    for _ in range(n):
+        recv()
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+def spsc_simplequeue(n: int) -> float:
+    q: queue.SimpleQueue[int] = queue.SimpleQueue()
+    put = q.put
+
+    def produce() -> None:
+        for i in range(n):
+            put(i)
+
+    t = threading.Thread(target=produce)
+    get = q.get
+    t0 = time.perf_counter()
+    t.start()
+    for _ in range(n):
+        get()
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+def spsc_queue(n: int) -> float:
+    q: queue.Queue[int] = queue.Queue(maxsize=CAPACITY)
+    put = q.put
+
+    def produce() -> None:
+        for i in range(n):
+            put(i)
+
+    t = threading.Thread(target=produce)
+    get = q.get
+    t0 = time.perf_counter()
+    t.start()
+    for _ in range(n):
+        get()
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+def batched_channel(n: int) -> float:
+    ch: gilfree.Channel[int] = gilfree.Channel(CAPACITY)
+    batches = [list(range(i, min(i + BATCH, n))) for i in range(0, n, BATCH)]
+
+    def produce() -> None:
+        send_many = ch.send_many
+        for b in batches:
+            send_many(b)
+
+    t = threading.Thread(target=produce)
+    recv_many = ch.recv_many
+    t0 = time.perf_counter()
+    t.start()
+    got = 0
+    while got < n:
+        got += len(recv_many(BATCH))
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+def pingpong_channel(n: int) -> float:
+    ping: gilfree.Channel[int] = gilfree.Channel()
+    pong: gilfree.Channel[int] = gilfree.Channel()
+
+    def echo() -> None:
+        recv, send = ping.recv, pong.send
+        for _ in range(n):
+            send(recv())
+
+    t = threading.Thread(target=echo)
+    t.start()
+    send, recv = ping.send, pong.recv
+    t0 = time.perf_counter()
+    for i in range(n):
+        send(i)
+        recv()
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+def pingpong_simplequeue(n: int) -> float:
+    ping: queue.SimpleQueue[int] = queue.SimpleQueue()
+    pong: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def echo() -> None:
+        get, put = ping.get, pong.put
+        for _ in range(n):
+            put(get())
+
+    t = threading.Thread(target=echo)
+    t.start()
+    put, get = ping.put, pong.get
+    t0 = time.perf_counter()
+    for i in range(n):
+        put(i)
+        get()
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+def select_channel(n: int) -> float:
+    ping: gilfree.Channel[int] = gilfree.Channel()
+    other: gilfree.Channel[int] = gilfree.Channel()
+    pong: gilfree.Channel[int] = gilfree.Channel()
+
+    def echo() -> None:
+        select, a, b, send = gilfree.select, ping.recv, other.recv, pong.send
+        for _ in range(n):
+            send(select(a, b)[1])
+
+    t = threading.Thread(target=echo)
+    t.start()
+    send, recv = ping.send, pong.recv
+    t0 = time.perf_counter()
+    for i in range(n):
+        send(i)
+        recv()
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+# ---- harness ------------------------------------------------------------------------------------------------
+
+
+def measure(fn: Callable[[int], float], n: int, repeat: int) -> dict[str, float]:
+    fn(max(1000, n // 20))  # warm up
+    ns = sorted(fn(n) / n * 1e9 for _ in range(repeat))
+    return {"median": statistics.median(ns), "min": ns[0], "max": ns[-1]}
+
+
+def fmt(r: dict[str, float]) -> str:
+    return f"{r['median']:9.0f}  ({r['min']:.0f}–{r['max']:.0f})"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()} "
+            f"({'GIL enabled' if gil else 'free-threaded, GIL disabled'}), {platform.system()}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--items", type=int, default=200_000, help="items per throughput run")
+    ap.add_argument("--trips", type=int, default=20_000, help="round trips per ping-pong run")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    if args.repeat < 1 or args.items < 1 or args.trips < 1:
+        ap.error("--repeat, --items and --trips must be positive")
+
+    print(f"gilfree channel benchmark — {time.strftime('%Y-%m-%d')}")
+    print(machine())
+    print(f"median of {args.repeat} runs, (min–max); lower is better\n")
+    rows: list[tuple[str, str, Callable[[int], float], int]] = [
+        ("spsc", "gilfree.Channel(1024) send/recv", spsc_channel, args.items),
+        ("spsc", "queue.SimpleQueue put/get", spsc_simplequeue, args.items),
+        ("spsc", "queue.Queue(1024) put/get", spsc_queue, max(1000, args.items // 4)),
+        ("batched", f"gilfree send_many/recv_many x{BATCH}", batched_channel, args.items * 4),
+        ("pingpong", "gilfree.Channel(0) pair", pingpong_channel, args.trips),
+        ("pingpong", "queue.SimpleQueue pair", pingpong_simplequeue, args.trips),
+        ("select", "gilfree 2-case select echo", select_channel, args.trips),
+    ]
+    results: dict[str, dict[str, float]] = {}
+    print(f"{'scenario':9} {'implementation':38} {'ns/item':>9}  (spread)")
+    for scenario, name, fn, n in rows:
+        r = measure(fn, n, args.repeat)
+        results[f"{scenario}:{name}"] = r
+        unit = "ns/trip" if scenario in ("pingpong", "select") else "ns/item"
+        print(f"{scenario:9} {name:38} {fmt(r)} {unit}", flush=True)
+
+    def med(key: str) -> float:
+        return results[key]["median"]
+
+    ch = med("spsc:gilfree.Channel(1024) send/recv")
+    sq = med("spsc:queue.SimpleQueue put/get")
+    qq = med("spsc:queue.Queue(1024) put/get")
+    bt = med(f"batched:gilfree send_many/recv_many x{BATCH}")
+    pp = med("pingpong:gilfree.Channel(0) pair")
+    ps = med("pingpong:queue.SimpleQueue pair")
+    se = med("select:gilfree 2-case select echo")
+    ratios = [
+        ("bounded SPSC vs SimpleQueue (goal <= 1.5x)", ch / sq, ch / sq <= 1.5),
+        ("queue.Queue vs bounded SPSC (goal >= 20x)", qq / ch, qq / ch >= 20),
+        ("SimpleQueue vs batched (goal >= 3x)", sq / bt, sq / bt >= 3),
+        ("ping-pong vs SimpleQueue pair (goal <= 1.0x)", pp / ps, pp / ps <= 1.0),
+        ("2-case select echo vs plain ping-pong", se / pp, True),
+    ]
+    print("\nratios (medians, same run)")
+    for label, value, ok in ratios:
+        print(f"  {label:48} {value:6.2f}x  {'met' if ok else 'NOT met'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "results": results,
+                       "ratios": {label: value for label, value, _ in ratios}}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
