@@ -23,8 +23,8 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "setuptools>=64", "wheel"]
-BENCH_REQUIREMENTS = ["setuptools>=64", "wheel"]
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "setuptools>=64"]
+BENCH_REQUIREMENTS = ["setuptools>=64"]
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> None:
@@ -43,12 +43,12 @@ def venv(python: str, tag: str, requirements: list[str]) -> str:
     path = ROOT / ".venv" / tag
     vpython = path / "bin" / "python"
     stamp = path / ".requirements"
-    wanted = "\n".join(requirements)
+    have = set(stamp.read_text().split("\n")) if stamp.exists() else set()
     if not vpython.exists():
         run([python, "-m", "venv", str(path)])
-    if not stamp.exists() or stamp.read_text() != wanted:
+    if not set(requirements) <= have:
         run([str(vpython), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements])
-        stamp.write_text(wanted)
+        stamp.write_text("\n".join(sorted(have | set(requirements))))
     return str(vpython)
 
 
@@ -95,8 +95,9 @@ def test_env(lib: Path, sanitize: str | None) -> dict[str, str]:
 
 def cmd_test(args: argparse.Namespace, extra: list[str]) -> int:
     python = args.python or sys.executable
-    tag = interpreter_tag(python) + (f"-{args.sanitize}" if args.sanitize else "")
-    vpython = venv(python, tag, TEST_REQUIREMENTS)
+    itag = interpreter_tag(python)
+    tag = itag + (f"-{args.sanitize}" if args.sanitize else "")
+    vpython = venv(python, itag, TEST_REQUIREMENTS)
     lib = build(vpython, tag, args.sanitize)
     env = test_env(lib, args.sanitize)
     pytest_args = ["-p", "no:cacheprovider", "-q", "--timeout", "600", *extra]
@@ -109,8 +110,9 @@ def cmd_test(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     python = args.python or sys.executable
-    tag = interpreter_tag(python) + "-bench"
-    vpython = venv(python, tag, BENCH_REQUIREMENTS)
+    itag = interpreter_tag(python)
+    tag = itag + "-bench"
+    vpython = venv(python, itag, BENCH_REQUIREMENTS)
     lib = build(vpython, tag, None)
     env = test_env(lib, None)
     cmd = [vpython, str(ROOT / "benchmarks" / "bench_channel.py"), *extra]
