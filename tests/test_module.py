@@ -1,0 +1,76 @@
+"""The package and the C module: exports, heap types, GIL declaration, typing (mypy --strict over the
+stubs, the package and the README's examples), and the README's examples themselves run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import gilfree
+from gilfree import _core
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
+Py_TPFLAGS_HEAPTYPE = 1 << 9
+
+
+def test_all_exports_exist() -> None:
+    for name in gilfree.__all__:
+        assert hasattr(gilfree, name), name
+    assert issubclass(gilfree.ChannelClosed, Exception)
+    assert issubclass(gilfree.WouldBlock, Exception)
+    assert gilfree.ChannelClosed.__module__ == "gilfree"
+
+
+def test_heap_types() -> None:
+    for tp in (_core.Channel, _core._AsyncOp):
+        assert tp.__flags__ & Py_TPFLAGS_HEAPTYPE
+    with pytest.raises(TypeError):
+        _core._AsyncOp()  # type: ignore[call-arg]
+
+
+def test_stubs_and_marker_ship_with_the_package() -> None:
+    pkg = Path(gilfree.__file__).parent
+    assert (pkg / "_core.pyi").exists()
+    assert (pkg / "py.typed").exists()
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="needs a free-threaded build")
+def test_import_keeps_the_gil_disabled() -> None:
+    code = "import sys, gilfree; ch = gilfree.Channel(1); ch.send(1); print(sys._is_gil_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_readme_has_examples() -> None:
+    assert len(EXAMPLES) >= 4
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_readme_example_runs(index: int) -> None:
+    out = subprocess.run([sys.executable, "-c", EXAMPLES[index]], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.nosanitizer
+def test_mypy_strict_accepts_stubs_package_and_readme(tmp_path: Path) -> None:
+    pytest.importorskip("mypy", reason="mypy comes with the test extra")
+    files = []
+    for i, code in enumerate(EXAMPLES):
+        f = tmp_path / f"readme_example_{i}.py"
+        f.write_text(code)
+        files.append(str(f))
+    env = dict(os.environ, MYPYPATH=str(ROOT / "python"))
+    env.pop("PYTHONPATH", None)
+    cmd = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
+           "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
+           str(ROOT / "python" / "gilfree"), *files]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
