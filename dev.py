@@ -23,8 +23,8 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "setuptools>=64"]
-BENCH_REQUIREMENTS = ["setuptools>=64"]
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "setuptools>=77"]
+BENCH_REQUIREMENTS = ["setuptools>=77"]
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> None:

@@ -485,6 +485,51 @@ channel_recv_nowait(PyObject *op, PyObject *Py_UNUSED(ignored))
     return v;
 }
 
+/* Send items[0..n) in order: as many as fit under one lock, blocking (one value) only when full.
+ * Returns the count sent; on error (< n) an exception is set, its .sent not yet annotated. */
+static Py_ssize_t
+send_batch(ChannelObject *ch, PyObject *const *items, Py_ssize_t n, const gf_deadline *d)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        gf_wakelist wl;
+        gf_wakelist_init(&wl);
+        int r = GF_OK;
+        gf_chan_lock(ch);
+        while (i < n) {
+            PyObject *v = items[i];
+            Py_INCREF(v);
+            r = gf_chan_try_send(ch, v, &wl);
+            if (r != GF_OK) {
+                Py_DECREF(v); /* cannot reach zero: the caller holds it */
+                break;
+            }
+            i++;
+        }
+        gf_chan_unlock(ch);
+        gf_wakelist_run(&wl);
+        if (i == n) {
+            break;
+        }
+        if (r == GF_CLOSED) {
+            raise_closed(ch->st, -1);
+            return i;
+        }
+        if (r == GF_NOMEM) {
+            PyErr_NoMemory();
+            return i;
+        }
+        /* Full: send the next one blocking, then batch again. */
+        if (channel_send_one(ch, Py_NewRef(items[i]), 1, d) < 0) {
+            return i;
+        }
+        i++;
+    }
+    return i;
+}
+
+#define SEND_CHUNK 256
+
 static const char *const send_many_names[] = {"values", "timeout"};
 
 static PyObject *
@@ -497,56 +542,55 @@ channel_send_many(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
         gf_deadline_from_timeout(a[1], &d, "timeout") < 0) {
         return NULL;
     }
-    PyObject *items = PySequence_Tuple(a[0]);
-    if (items == NULL) {
+    Py_ssize_t sent = 0;
+    if (PyTuple_CheckExact(a[0]) || PyList_CheckExact(a[0])) {
+        /* A snapshot (free for a tuple): the caller may change a list while we wait for room. */
+        PyObject *items = PySequence_Tuple(a[0]);
+        if (items == NULL) {
+            return NULL;
+        }
+        Py_ssize_t n = PyTuple_GET_SIZE(items);
+        sent = send_batch(ch, &PyTuple_GET_ITEM(items, 0), n, &d);
+        Py_DECREF(items);
+        if (sent < n) {
+            goto error;
+        }
+        return PyLong_FromSsize_t(sent);
+    }
+    /* Any other iterable is read a chunk at a time, so an endless generator streams in bounded memory. */
+    PyObject *it = PyObject_GetIter(a[0]);
+    if (it == NULL) {
         if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Format(PyExc_TypeError, "send_many() argument 'values' must be iterable, not %.100s",
                          Py_TYPE(a[0])->tp_name);
         }
         return NULL;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(items), i = 0;
-    while (i < n) {
-        /* Fast pass: as many as fit, under one lock. */
-        gf_wakelist wl;
-        gf_wakelist_init(&wl);
-        int r = GF_OK;
-        gf_chan_lock(ch);
-        while (i < n) {
-            PyObject *v = PyTuple_GET_ITEM(items, i);
-            Py_INCREF(v);
-            r = gf_chan_try_send(ch, v, &wl);
-            if (r != GF_OK) {
-                Py_DECREF(v); /* cannot reach zero: the tuple holds it */
-                break;
-            }
-            i++;
+    PyObject *chunk[SEND_CHUNK];
+    for (;;) {
+        Py_ssize_t n = 0;
+        PyObject *v = NULL;
+        while (n < SEND_CHUNK && (v = PyIter_Next(it)) != NULL) {
+            chunk[n++] = v;
         }
-        gf_chan_unlock(ch);
-        gf_wakelist_run(&wl);
-        if (i == n) {
-            break;
+        int iter_failed = PyErr_Occurred() != NULL;
+        Py_ssize_t k = iter_failed ? 0 : send_batch(ch, chunk, n, &d);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            Py_DECREF(chunk[j]);
         }
-        if (r == GF_CLOSED) {
-            raise_closed(ch->st, i);
+        sent += k;
+        if (iter_failed || k < n) {
+            Py_DECREF(it);
             goto error;
         }
-        if (r == GF_NOMEM) {
-            PyErr_NoMemory();
-            annotate_sent(i);
-            goto error;
+        if (n < SEND_CHUNK) {
+            break; /* exhausted */
         }
-        /* Full: send the next one blocking, then batch again. */
-        if (channel_send_one(ch, Py_NewRef(PyTuple_GET_ITEM(items, i)), 1, &d) < 0) {
-            annotate_sent(i);
-            goto error;
-        }
-        i++;
     }
-    Py_DECREF(items);
-    return PyLong_FromSsize_t(n);
+    Py_DECREF(it);
+    return PyLong_FromSsize_t(sent);
 error:
-    Py_DECREF(items);
+    annotate_sent(sent);
     return NULL;
 }
 
@@ -715,8 +759,9 @@ static Py_ssize_t
 count_pending(gf_waitq *q)
 {
     Py_ssize_t n = 0;
+    unsigned gen = gf_fork_generation();
     for (gf_waiter *w = q->head; w != NULL; w = w->next) {
-        n += atomic_load_explicit(&w->sel->state, memory_order_relaxed) == GF_PENDING;
+        n += w->fork_gen == gen && atomic_load_explicit(&w->sel->state, memory_order_relaxed) == GF_PENDING;
     }
     return n;
 }
@@ -1013,6 +1058,10 @@ asyncop_result(PyObject *self, PyObject *Py_UNUSED(ignored))
     }
     if (a->is_send) {
         Py_RETURN_NONE;
+    }
+    if (a->sel.result == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the received value was given back to the channel");
+        return NULL;
     }
     return Py_NewRef(a->sel.result);
 }

@@ -5,6 +5,7 @@
  * Py_MOD_GIL_NOT_USED for free-threaded builds.
  */
 #include "gilfree.h"
+#include "park.h"
 
 #include <structmember.h>
 
@@ -108,6 +109,7 @@ static int
 core_exec(PyObject *module)
 {
     gf_state *st = gf_get_state(module);
+    gf_park_install_fork_handler();
     if (main_thread_ident(&st->main_ident) < 0) {
         return -1;
     }

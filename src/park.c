@@ -268,6 +268,30 @@ gf_park_until_signaled(gf_sel *s)
     (void)gf_park(s, &forever, 0);
 }
 
+/* ---- fork ------------------------------------------------------------------------------------- */
+
+atomic_uint gf_fork_gen;
+
+static void
+gf_after_fork_in_child(void)
+{
+    atomic_fetch_add_explicit(&gf_fork_gen, 1, memory_order_relaxed);
+}
+
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
+
+static void
+install_fork_handler(void)
+{
+    (void)pthread_atfork(NULL, NULL, gf_after_fork_in_child);
+}
+
+void
+gf_park_install_fork_handler(void)
+{
+    (void)pthread_once(&fork_handler_once, install_fork_handler);
+}
+
 /* ---- random ------------------------------------------------------------------------------------- */
 
 uint64_t

@@ -53,6 +53,8 @@ typedef struct gf_waiter {
     PyObject *value;                /* send case: the owned value to hand over; NULL once taken */
     int index;                      /* the case's position in the select (0 for send/recv) */
     int linked;                     /* 1 while on chan's queue; changed only under chan's lock */
+    unsigned fork_gen;              /* gf_fork_generation() when queued: a forked child skips its
+                                       parent's waiters, whose threads do not exist there */
 } gf_waiter;
 
 typedef struct gf_waitq {
@@ -150,9 +152,20 @@ void gf_wakelist_run(gf_wakelist *wl);
 
 /* --- waiter queues (changed only under the owning channel's lock) ---------------------------------- */
 
+/* Bumped in a forked child (pthread_atfork), see gf_waiter.fork_gen. */
+extern atomic_uint gf_fork_gen;
+static inline unsigned
+gf_fork_generation(void)
+{
+    return atomic_load_explicit(&gf_fork_gen, memory_order_relaxed);
+}
+/* Install the fork handler (once per process). */
+void gf_park_install_fork_handler(void);
+
 static inline void
 gf_waitq_push(gf_waitq *q, gf_waiter *w)
 {
+    w->fork_gen = gf_fork_generation();
     w->next = NULL;
     w->prev = q->tail;
     if (q->tail) {
@@ -193,9 +206,10 @@ static inline gf_waiter *
 gf_waitq_claim_first(gf_waitq *q)
 {
     gf_waiter *w;
+    unsigned gen = gf_fork_generation();
     while ((w = q->head) != NULL) {
         gf_waitq_unlink(q, w);
-        if (gf_sel_claim(w->sel)) {
+        if (w->fork_gen == gen && gf_sel_claim(w->sel)) {
             return w;
         }
     }

@@ -489,3 +489,58 @@ def test_refcounts_balanced_after_timeouts_and_nowait() -> None:
     with pytest.raises(ChannelClosed):
         ch.send_many([obj, obj])
     assert sys.getrefcount(obj) == base
+
+
+def test_send_many_streams_a_generator_in_bounded_memory() -> None:
+    """An iterable that is not a list or tuple is read a chunk at a time: an endless generator works."""
+    import itertools
+
+    ch: Channel[int] = Channel(8)
+    sender = Background(ch.send_many, itertools.count())
+    got = [ch.recv(timeout=5) for _ in range(5000)]
+    assert got == list(range(5000))
+    ch.close()
+    with pytest.raises(ChannelClosed) as info:
+        sender.join()
+    assert info.value.sent >= 5000  # type: ignore[attr-defined]
+
+
+def test_send_many_iterator_error_keeps_what_was_sent() -> None:
+    def gen():  # type: ignore[no-untyped-def]
+        yield from range(300)
+        raise KeyError("boom")
+
+    ch: Channel[int] = Channel(None)
+    with pytest.raises(KeyError) as info:
+        ch.send_many(gen())
+    # the first full chunk went out before the error; .sent says how many
+    sent = info.value.sent  # type: ignore[attr-defined]
+    assert ch.recv_many(1000) == list(range(sent))
+
+
+def test_forked_child_skips_the_parents_parked_threads() -> None:
+    """In a forked child the threads parked on a channel do not exist: a send there must not hand its
+    value to one of them (it would vanish); it finds no receiver, as is true in the child."""
+    import os
+    import warnings
+
+    ch: Channel[int] = Channel()
+    receiver = Background(ch.recv, 10.0)
+    wait_until(lambda: ch._waiters() == (1, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads running
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            assert ch._waiters() == (0, 0)
+            try:
+                ch.send_nowait(1)
+            except WouldBlock:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ch.send(5)  # the parent's receiver is still there
+    assert receiver.join() == 5

@@ -276,3 +276,21 @@ def test_tick_in_select_loop() -> None:
         ticks += 1
     ticker.stop()
     assert ticks >= 3
+
+
+def test_timers_work_in_a_forked_child() -> None:
+    import os
+    import warnings
+
+    gilfree.after(0.01).recv(timeout=5)  # the timer thread is running in the parent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads running
+        pid = os.fork()
+    if pid == 0:  # child: a fresh timer thread serves it
+        try:
+            ok = isinstance(gilfree.after(0.01).recv(timeout=5), float)
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

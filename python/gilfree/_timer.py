@@ -3,7 +3,8 @@
 One shared daemon thread keeps a heap of deadlines (time.monotonic) and, when one is due, delivers into the
 timer's channel with send_nowait: a reader that is not there yet finds the value buffered (capacity 1), and
 a tick that a slow reader missed is dropped, as in Go. The thread is stopped by an exit hook that runs
-before interpreter finalization (threading._register_atexit, as concurrent.futures does).
+before interpreter finalization (threading._register_atexit, as concurrent.futures does); a forked child
+starts a fresh one when it first needs it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import threading
 import time
 from typing import Optional
@@ -39,6 +41,13 @@ class _TimerThread:
                 self._thread.start()
                 threading._register_atexit(self.stop)  # type: ignore[attr-defined]
             self._cond.notify()
+
+    def _after_fork_in_child(self) -> None:
+        # The timer thread does not exist in a forked child: start afresh (pending timers are dropped).
+        self._cond = threading.Condition()
+        self._heap = []
+        self._thread = None
+        self._stopping = False
 
     def stop(self) -> None:
         with self._cond:
@@ -70,6 +79,8 @@ class _TimerThread:
 
 
 _timers = _TimerThread()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_timers._after_fork_in_child)
 
 
 def _check_seconds(value: float, name: str) -> float:
@@ -100,6 +111,13 @@ class Ticker(Channel[float]):
 
     __slots__ = ()
     __module__ = "gilfree"
+
+    def _after_fork_in_child(self) -> None:
+        # The timer thread does not exist in a forked child: start afresh (pending timers are dropped).
+        self._cond = threading.Condition()
+        self._heap = []
+        self._thread = None
+        self._stopping = False
 
     def stop(self) -> None:
         self.close()
