@@ -45,7 +45,7 @@ class _TimerThread:
     def _after_fork_in_child(self) -> None:
         # The timer thread does not exist in a forked child: start afresh (pending timers are dropped).
         self._cond = threading.Condition()
-        self._heap = []
+        self._heap = []  # same type as in __init__
         self._thread = None
         self._stopping = False
 
@@ -115,7 +115,7 @@ class Ticker(Channel[float]):
     def _after_fork_in_child(self) -> None:
         # The timer thread does not exist in a forked child: start afresh (pending timers are dropped).
         self._cond = threading.Condition()
-        self._heap = []
+        self._heap: list[tuple[float, int, Channel[float], float]] = []
         self._thread = None
         self._stopping = False
 
