@@ -34,7 +34,12 @@ def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) 
 
 
 def interpreter_tag(python: str) -> str:
-    code = "import sys, sysconfig; print(f'{sys.implementation.cache_tag}{\"t\" if sysconfig.get_config_var(\"Py_GIL_DISABLED\") else \"\"}')"
+    """e.g. cpython-3.11.7-1a2b3c: version (t: free-threaded) plus a hash of the interpreter's path, so two
+    interpreters of one version (pyenv's and the system's) get separate virtualenvs and builds."""
+    code = ("import hashlib, os, platform, sys, sysconfig; "
+            "t = 't' if sysconfig.get_config_var('Py_GIL_DISABLED') else ''; "
+            "h = hashlib.sha256(os.path.realpath(sys.executable).encode()).hexdigest()[:6]; "
+            "print(f'{sys.implementation.name}-{platform.python_version()}{t}-{h}')")
     return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -89,7 +94,7 @@ def test_env(lib: Path, sanitize: str | None) -> dict[str, str]:
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
     if sanitize == "thread":
         supp = ROOT / ".ci" / "tsan.supp"
-        env["TSAN_OPTIONS"] = f"halt_on_error=1:second_deadlock_stack=1:suppressions={supp}"
+        env["TSAN_OPTIONS"] = f"halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:suppressions={supp}"
     return env
 
 

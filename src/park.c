@@ -294,20 +294,23 @@ gf_park_install_fork_handler(void)
 
 /* ---- random ------------------------------------------------------------------------------------- */
 
+/* splitmix64 over one shared atomic counter: no thread-local storage (whose dynamic allocation in a
+ * dlopen'ed module trips sanitizers), one atomic add per multi-case select, good statistical quality. */
+static atomic_uint_fast64_t random_state;
+
 uint64_t
 gf_random(void)
 {
-    static _Thread_local uint64_t x;
-    if (x == 0) {
+    uint64_t z = atomic_fetch_add_explicit(&random_state, 0x9E3779B97F4A7C15ull, memory_order_relaxed);
+    if (z == 0) { /* first use: seed from the clock so runs differ */
         struct timespec ts;
         now_monotonic(&ts);
-        x = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)&ts ^ 0x9E3779B97F4A7C15ull;
-        if (x == 0) {
-            x = 0x9E3779B97F4A7C15ull;
-        }
+        uint64_t seed = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ 0x9E3779B97F4A7C15ull;
+        uint_fast64_t expected = 0x9E3779B97F4A7C15ull;
+        (void)atomic_compare_exchange_strong(&random_state, &expected, seed);
+        z = seed;
     }
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    return x * 0x2545F4914F6CDD1Dull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
 }

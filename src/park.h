@@ -216,7 +216,7 @@ gf_waitq_claim_first(gf_waitq *q)
     return NULL;
 }
 
-/* A fast thread-local PRNG (xorshift64*) for select's random poll order. */
+/* A fast PRNG (splitmix64) for select's random poll order. */
 uint64_t gf_random(void);
 
 #endif
