@@ -18,6 +18,7 @@ typedef struct gf_state {
     PyTypeObject *sentinel_type;  /* type of CLOSED and default */
     PyObject *ChannelClosed;      /* exception: the channel is closed */
     PyObject *WouldBlock;         /* exception: a *_nowait call could not proceed */
+    PyObject *Cancelled;          /* exception: the work was cancelled (Context.err(), pool teardown) */
     PyObject *CLOSED;             /* singleton a select recv case yields on a closed, drained channel */
     PyObject *default_case;       /* singleton marking select's non-blocking default case */
     unsigned long main_ident;     /* thread ident of the main thread: its waits poll for signals */

@@ -124,6 +124,12 @@ core_exec(PyObject *module)
     if (st->WouldBlock == NULL || add_object(module, "WouldBlock", st->WouldBlock) < 0) {
         return -1;
     }
+    st->Cancelled = PyErr_NewExceptionWithDoc(
+        "gilfree.Cancelled", "The work was cancelled: its context was cancelled, or its pool shut down.",
+        NULL, NULL);
+    if (st->Cancelled == NULL || add_object(module, "Cancelled", st->Cancelled) < 0) {
+        return -1;
+    }
     st->sentinel_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sentinel_spec, NULL);
     if (st->sentinel_type == NULL) {
         return -1;
@@ -151,6 +157,7 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->sentinel_type);
     Py_VISIT(st->ChannelClosed);
     Py_VISIT(st->WouldBlock);
+    Py_VISIT(st->Cancelled);
     Py_VISIT(st->CLOSED);
     Py_VISIT(st->default_case);
     return 0;
@@ -165,6 +172,7 @@ core_clear(PyObject *module)
     Py_CLEAR(st->sentinel_type);
     Py_CLEAR(st->ChannelClosed);
     Py_CLEAR(st->WouldBlock);
+    Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->CLOSED);
     Py_CLEAR(st->default_case);
     return 0;

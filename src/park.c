@@ -9,6 +9,7 @@
 #include "park.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +267,107 @@ gf_park_until_signaled(gf_sel *s)
 {
     gf_deadline forever = {.infinite = 1};
     (void)gf_park(s, &forever, 0);
+}
+
+/* ---- the wait of every blocking call --------------------------------------------------------- */
+
+static pthread_key_t interrupt_key;
+static pthread_once_t interrupt_key_once = PTHREAD_ONCE_INIT;
+
+static void
+make_interrupt_key(void)
+{
+    (void)pthread_key_create(&interrupt_key, NULL);
+}
+
+void
+gf_set_thread_interrupt(atomic_int *flag)
+{
+    (void)pthread_once(&interrupt_key_once, make_interrupt_key);
+    (void)pthread_setspecific(interrupt_key, flag);
+}
+
+static atomic_int *
+thread_interrupt(void)
+{
+    (void)pthread_once(&interrupt_key_once, make_interrupt_key);
+    return (atomic_int *)pthread_getspecific(interrupt_key);
+}
+
+static int
+raise_deferred(void *arg)
+{
+    PyObject *exc = (PyObject *)arg;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
+/* The operation completed although a signal handler raised while we waited: keep the outcome, and have
+ * the exception raised at the interpreter's next check (right after this call returns). */
+static void
+defer_current_exception(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (value == NULL) {
+        return;
+    }
+    if (PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt)) {
+        Py_DECREF(value);
+        (void)PyErr_SetInterruptEx(SIGINT); /* runs the SIGINT handler again at the next check */
+        return;
+    }
+    if (Py_AddPendingCall(raise_deferred, value) < 0) {
+        Py_DECREF(value);
+    }
+}
+
+/* 0 nothing to do, -1 an exception is set (signal handler, or the exit interrupt of a pool worker). */
+static int
+check_interrupts(gf_state *st, int is_main, atomic_int *flag)
+{
+    if (is_main && PyErr_CheckSignals() < 0) {
+        return -1;
+    }
+    if (flag != NULL && atomic_load_explicit(flag, memory_order_relaxed)) {
+        PyErr_SetString(st->Cancelled, "the pool is shutting down at interpreter exit");
+        return -1;
+    }
+    return 0;
+}
+
+int
+gf_wait(gf_state *st, gf_sel *s, const gf_deadline *d)
+{
+    int is_main = PyThread_get_thread_ident() == st->main_ident;
+    atomic_int *flag = thread_interrupt();
+    for (;;) {
+        int pr;
+        Py_BEGIN_ALLOW_THREADS
+        pr = gf_park(s, d, is_main || flag != NULL);
+        Py_END_ALLOW_THREADS
+        if (pr == GF_PARK_OK) {
+            return GF_WAIT_FIRED;
+        }
+        if (pr == GF_PARK_CHECK_SIGNALS && check_interrupts(st, is_main, flag) == 0) {
+            continue; /* nothing pending: park again */
+        }
+        /* Timeout, or an exception: give up unless a completer got there first. */
+        if (gf_sel_withdraw(s)) {
+            return pr == GF_PARK_TIMEOUT ? GF_WAIT_TIMED_OUT : GF_WAIT_RAISED;
+        }
+        if (pr == GF_PARK_CHECK_SIGNALS) {
+            defer_current_exception();
+        }
+        Py_BEGIN_ALLOW_THREADS
+        gf_park_until_signaled(s);
+        Py_END_ALLOW_THREADS
+        return GF_WAIT_FIRED;
+    }
 }
 
 /* ---- fork ------------------------------------------------------------------------------------- */

@@ -138,6 +138,19 @@ int gf_park(gf_sel *s, const gf_deadline *d, int is_main);
 /* Wait, detached, for a claim that already happened to be published. Short: the completer is running. */
 void gf_park_until_signaled(gf_sel *s);
 
+/* The wait every blocking call makes, attached, after queueing its waiters on the gf_sel: park with the GIL
+ * released until fired, the deadline passes, or (main thread, or a pool worker whose pool is being torn
+ * down at exit: polled every GF_SIGNAL_POLL_NS) a signal handler raises / the exit interrupt is set. On
+ * GF_WAIT_TIMED_OUT and GF_WAIT_RAISED the gf_sel was withdrawn (nothing happened; RAISED leaves the
+ * exception set). If a completer won the race against a signal handler's exception, the outcome is kept
+ * (GF_WAIT_FIRED) and the exception is raised again at the interpreter's next check. */
+enum { GF_WAIT_FIRED = 0, GF_WAIT_TIMED_OUT = 1, GF_WAIT_RAISED = 2 };
+int gf_wait(gf_state *st, gf_sel *s, const gf_deadline *d);
+
+/* Pool worker threads register the flag that asks their blocked waits to give up (interpreter exit):
+ * while *flag is non-zero, gf_wait in this thread raises gilfree.Cancelled. NULL unregisters. */
+void gf_set_thread_interrupt(atomic_int *flag);
+
 /* --- wake list ------------------------------------------------------------------------------------- */
 
 static inline void

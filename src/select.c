@@ -20,7 +20,6 @@
  */
 #include "channel.h"
 
-#include <signal.h>
 
 #define GF_SMALL_SELECT 8
 
@@ -69,40 +68,6 @@ unlock_all(gf_case *cases, const int *order, int m)
 {
     for (int k = m - 1; k >= 0; k--) {
         gf_chan_unlock(cases[order[k]].ch);
-    }
-}
-
-/* ---- deferred exceptions ------------------------------------------------------------------------ */
-
-static int
-raise_deferred(void *arg)
-{
-    PyObject *exc = (PyObject *)arg;
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    Py_DECREF(exc);
-    return -1;
-}
-
-/* The operation completed although a signal handler raised while we waited: keep the outcome, and have
- * the exception raised at the interpreter's next check (right after this call returns). */
-static void
-defer_current_exception(void)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    if (value == NULL) {
-        return;
-    }
-    if (PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt)) {
-        Py_DECREF(value);
-        (void)PyErr_SetInterruptEx(SIGINT); /* runs the SIGINT handler again at the next check */
-        return;
-    }
-    if (Py_AddPendingCall(raise_deferred, value) < 0) {
-        Py_DECREF(value);
     }
 }
 
@@ -218,32 +183,9 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     }
     unlock_all(cases, order, m);
 
-    int is_main = PyThread_get_thread_ident() == st->main_ident;
-    enum { FIRED, TIMED_OUT, RAISED } outcome = FIRED;
-    for (;;) {
-        int pr;
-        Py_BEGIN_ALLOW_THREADS
-        pr = gf_park(&sel, d, is_main);
-        Py_END_ALLOW_THREADS
-        if (pr == GF_PARK_OK) {
-            break;
-        }
-        if (pr == GF_PARK_CHECK_SIGNALS && PyErr_CheckSignals() == 0) {
-            continue; /* no signal: park again */
-        }
-        /* Timeout, or a signal handler raised: give up unless a completer got there first. */
-        if (gf_sel_withdraw(&sel)) {
-            outcome = pr == GF_PARK_TIMEOUT ? TIMED_OUT : RAISED;
-            break;
-        }
-        if (pr == GF_PARK_CHECK_SIGNALS) {
-            defer_current_exception();
-        }
-        Py_BEGIN_ALLOW_THREADS
-        gf_park_until_signaled(&sel);
-        Py_END_ALLOW_THREADS
-        break;
-    }
+    int w = gf_wait(st, &sel, d);
+    enum { FIRED, TIMED_OUT, RAISED } outcome = w == GF_WAIT_FIRED ? FIRED
+                                              : w == GF_WAIT_TIMED_OUT ? TIMED_OUT : RAISED;
 
     /* Pass 3: unlink the waiters still queued, and take back the values not sent. */
     if (outcome != FIRED || nactive > 1) {
@@ -270,6 +212,7 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     else if (outcome == TIMED_OUT) {
         PyErr_SetString(PyExc_TimeoutError, "timed out");
     }
+    /* RAISED: gf_wait left the exception set */
 
 done:
     if (sel_ready) {
