@@ -11,7 +11,7 @@ import sys
 
 from setuptools import Extension, setup
 
-SOURCES = ["src/module.c", "src/park.c", "src/channel.c", "src/select.c"]
+SOURCES = ["src/module.c", "src/park.c", "src/channel.c", "src/select.c", "src/future.c", "src/pool.c"]
 
 compile_args = ["-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"]
 link_args = []
@@ -47,7 +47,7 @@ setup(
         Extension(
             "gilfree._core",
             sources=SOURCES,
-            depends=["src/gilfree.h", "src/park.h", "src/channel.h"],
+            depends=["src/gilfree.h", "src/park.h", "src/channel.h", "src/future.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

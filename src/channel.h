@@ -72,9 +72,5 @@ typedef struct gf_outcome {
  * with an exception set (TimeoutError, the signal handler's exception, MemoryError). */
 int gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline *d, gf_outcome *out);
 
-/* Argument parsing for METH_FASTCALL|METH_KEYWORDS methods: fills out[0..nmax) (NULL when absent) from
- * positional and keyword arguments named by `names`. Raises TypeError like CPython's own parsers. */
-int gf_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                  const char *const *names, int nrequired, int nmax, PyObject **out);
 
 #endif

@@ -16,6 +16,13 @@ typedef struct gf_state {
     PyTypeObject *channel_type;   /* gilfree._core.Channel */
     PyTypeObject *asyncop_type;   /* gilfree._core._AsyncOp: one pending asyncio send or recv */
     PyTypeObject *sentinel_type;  /* type of CLOSED and default */
+    PyTypeObject *future_type;    /* gilfree._core.Future, the C base of gilfree.Future */
+    PyTypeObject *future_class;   /* gilfree.Future (set by _configure_futures), what pools create */
+    PyTypeObject *pool_type;      /* gilfree._core.Pool, the C base of gilfree.ThreadPool */
+    PyObject *InvalidStateError;  /* concurrent.futures.InvalidStateError */
+    PyObject *CancelledError;     /* concurrent.futures.CancelledError */
+    PyObject *BrokenThreadPool;   /* concurrent.futures.thread.BrokenThreadPool */
+    PyObject *log_callback_error; /* logs a done callback's exception: f(future, exc) */
     PyObject *ChannelClosed;      /* exception: the channel is closed */
     PyObject *WouldBlock;         /* exception: a *_nowait call could not proceed */
     PyObject *Cancelled;          /* exception: the work was cancelled (Context.err(), pool teardown) */
@@ -35,5 +42,12 @@ gf_get_state(PyObject *module)
 /* Each file with a type or a function exports one setup function; module.c only chains them. */
 int gf_channel_setup(PyObject *module, gf_state *st);
 int gf_select_setup(PyObject *module, gf_state *st);
+int gf_future_setup(PyObject *module, gf_state *st);
+int gf_pool_setup(PyObject *module, gf_state *st);
+
+/* Argument parsing for METH_FASTCALL|METH_KEYWORDS methods: fills out[0..nmax) (NULL when absent) from
+ * positional and keyword arguments named by `names`. Raises TypeError like CPython's own parsers. */
+int gf_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nrequired, int nmax, PyObject **out);
 
 #endif

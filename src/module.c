@@ -142,7 +142,8 @@ core_exec(PyObject *module)
     if (st->default_case == NULL || add_object(module, "default", st->default_case) < 0) {
         return -1;
     }
-    if (gf_channel_setup(module, st) < 0 || gf_select_setup(module, st) < 0) {
+    if (gf_channel_setup(module, st) < 0 || gf_select_setup(module, st) < 0 ||
+        gf_future_setup(module, st) < 0 || gf_pool_setup(module, st) < 0) {
         return -1;
     }
     return 0;
@@ -160,6 +161,13 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->CLOSED);
     Py_VISIT(st->default_case);
+    Py_VISIT(st->future_type);
+    Py_VISIT(st->future_class);
+    Py_VISIT(st->pool_type);
+    Py_VISIT(st->InvalidStateError);
+    Py_VISIT(st->CancelledError);
+    Py_VISIT(st->BrokenThreadPool);
+    Py_VISIT(st->log_callback_error);
     return 0;
 }
 
@@ -175,6 +183,13 @@ core_clear(PyObject *module)
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->CLOSED);
     Py_CLEAR(st->default_case);
+    Py_CLEAR(st->future_type);
+    Py_CLEAR(st->future_class);
+    Py_CLEAR(st->pool_type);
+    Py_CLEAR(st->InvalidStateError);
+    Py_CLEAR(st->CancelledError);
+    Py_CLEAR(st->BrokenThreadPool);
+    Py_CLEAR(st->log_callback_error);
     return 0;
 }
 

@@ -287,8 +287,8 @@ gf_set_thread_interrupt(atomic_int *flag)
     (void)pthread_setspecific(interrupt_key, flag);
 }
 
-static atomic_int *
-thread_interrupt(void)
+atomic_int *
+gf_current_thread_interrupt(void)
 {
     (void)pthread_once(&interrupt_key_once, make_interrupt_key);
     return (atomic_int *)pthread_getspecific(interrupt_key);
@@ -344,7 +344,7 @@ int
 gf_wait(gf_state *st, gf_sel *s, const gf_deadline *d)
 {
     int is_main = PyThread_get_thread_ident() == st->main_ident;
-    atomic_int *flag = thread_interrupt();
+    atomic_int *flag = gf_current_thread_interrupt();
     for (;;) {
         int pr;
         Py_BEGIN_ALLOW_THREADS

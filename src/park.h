@@ -150,6 +150,7 @@ int gf_wait(gf_state *st, gf_sel *s, const gf_deadline *d);
 /* Pool worker threads register the flag that asks their blocked waits to give up (interpreter exit):
  * while *flag is non-zero, gf_wait in this thread raises gilfree.Cancelled. NULL unregisters. */
 void gf_set_thread_interrupt(atomic_int *flag);
+atomic_int *gf_current_thread_interrupt(void);
 
 /* --- wake list ------------------------------------------------------------------------------------- */
 

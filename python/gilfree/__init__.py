@@ -1,27 +1,39 @@
 """gilfree: Go's concurrency model for Python, native and free of the GIL.
 
-Channels with select, written in C on pthreads: every wait releases the GIL.
+Channels with select, a worker pool and futures, written in C on pthreads: every wait releases the GIL.
 """
 
 from __future__ import annotations
 
 from . import _core
 from ._channel import Channel
+from ._context import Cancelled, Context, DeadlineExceeded
 from ._core import CLOSED, ChannelClosed, WouldBlock, default, select
+from ._future import Future, as_completed, first, gather, wait
+from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CLOSED",
+    "Cancelled",
     "Channel",
     "ChannelClosed",
+    "Context",
+    "DeadlineExceeded",
+    "Future",
+    "ThreadPool",
     "Ticker",
     "WouldBlock",
     "after",
+    "as_completed",
     "default",
+    "first",
+    "gather",
     "select",
     "tick",
+    "wait",
 ]
 
 del _core

@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from . import _core
 from ._channel import Channel
@@ -26,12 +26,17 @@ __all__ = ["after", "tick", "Ticker"]
 class _TimerThread:
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Channel[float], float]] = []  # (due, seq, channel, interval)
+        # (due, seq, channel or callable, interval)
+        self._heap: list[tuple[float, int, Channel[float] | Callable[[], object], float]] = []
         self._seq = itertools.count()
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
 
-    def schedule(self, ch: Channel[float], delay: float, interval: float) -> None:
+    def call_later(self, delay: float, fn: Callable[[], object]) -> None:
+        """Run fn() on the timer thread after delay seconds (it must be quick and must not raise)."""
+        self.schedule(fn, delay, 0.0)
+
+    def schedule(self, ch: Channel[float] | Callable[[], object], delay: float, interval: float) -> None:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("cannot schedule a timer after interpreter shutdown")
@@ -64,7 +69,9 @@ class _TimerThread:
                 if self._stopping:
                     return
                 due, _, ch, interval = heapq.heappop(self._heap)
-                if interval > 0 and not ch.closed:
+                if not isinstance(ch, Channel):
+                    pass
+                elif interval > 0 and not ch.closed:
                     now = time.monotonic()
                     nxt = due + interval
                     if nxt <= now:  # missed ticks are dropped, the phase is kept
@@ -72,6 +79,14 @@ class _TimerThread:
                         if nxt <= now:
                             nxt += interval
                     heapq.heappush(self._heap, (nxt, next(self._seq), ch, interval))
+            if not isinstance(ch, Channel):
+                try:
+                    ch()
+                except Exception:  # noqa: BLE001 - a timer callback must not kill the timer thread
+                    import traceback
+
+                    traceback.print_exc()
+                continue
             try:
                 ch.send_nowait(time.monotonic())
             except (_core.WouldBlock, _core.ChannelClosed):

@@ -1,0 +1,241 @@
+"""gilfree.Future: a concurrent.futures.Future whose state lives in C.
+
+``isinstance(f, concurrent.futures.Future)`` is true and the whole public API is the standard library's
+(result/exception with timeout, done/running/cancelled/cancel, add_done_callback, set_result/set_exception,
+set_running_or_notify_cancel), so ``gilfree.Future()`` also serves as a promise. Waiting releases the GIL
+and Ctrl-C reaches a wait on the main thread. The standard library's ``wait`` and ``as_completed`` read a
+future's ``_condition``, ``_state`` and ``_waiters``: those are provided here, created only when such a
+caller first asks, so ordinary futures never pay for a Condition.
+
+Extras: ``await f`` in asyncio, ``f.then(fn, on_error=None)``, and ``gather``/``first``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import concurrent.futures._base as _cf_base
+import concurrent.futures.thread as _cf_thread
+import logging
+import threading
+from typing import Any, Callable, Generator, Generic, Iterable, Iterator, TypeVar
+
+from . import _core
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+__all__ = ["Future", "as_completed", "first", "gather", "wait"]
+
+_LOGGER = logging.getLogger("concurrent.futures")
+_compat_lock = threading.Lock()
+
+
+def _log_callback_error(future: Any, exc: BaseException) -> None:
+    _LOGGER.error("exception calling callback for %r", future, exc_info=exc)
+
+
+class Future(_core.Future, cf.Future, Generic[T]):  # type: ignore[misc]
+    """The result of work that may not have finished yet (a concurrent.futures.Future)."""
+
+    __module__ = "gilfree"
+
+    def __init__(self) -> None:  # the C base did everything; cf.Future's Condition is not needed
+        pass
+
+    # --- what concurrent.futures.wait / as_completed read ---------------------------------------------
+
+    def _compat(self) -> tuple[threading.Condition, list[Any]]:
+        d = self.__dict__
+        pair = d.get("_gf_compat")
+        if pair is None:
+            with _compat_lock:
+                pair = d.get("_gf_compat")
+                if pair is None:
+                    pair = (threading.Condition(), [])
+                    d["_gf_compat"] = pair
+                    self._enable_compat()  # from now on, changes call _cf_notify
+        return pair  # type: ignore[no-any-return]
+
+    @property
+    def _condition(self) -> threading.Condition:
+        return self._compat()[0]
+
+    @property
+    def _waiters(self) -> list[Any]:
+        return self._compat()[1]
+
+    def _cf_notify(self, kind: str) -> None:
+        """Called by C after a state change, once _condition/_waiters exist (as concurrent.futures does)."""
+        condition, waiters = self._compat()
+        with condition:
+            for waiter in waiters:
+                if kind == "result":
+                    waiter.add_result(self)
+                elif kind == "exception":
+                    waiter.add_exception(self)
+                elif kind == "cancelled_notified":
+                    waiter.add_cancelled(self)
+            condition.notify_all()
+
+    # --- extras ------------------------------------------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await f`` in asyncio, without blocking the loop; cancelling the awaiting task cancels a still
+        pending future."""
+        return asyncio.wrap_future(self).__await__()  # type: ignore[arg-type]
+
+    def then(self, fn: Callable[[T], Any], on_error: Callable[[BaseException], Any] | None = None
+             ) -> Future[Any]:
+        """A future of ``fn(result)`` (or ``on_error(exception)``), run on this future's pool (inline for a
+        standalone future). A Future that fn returns is flattened. An exception with no handler, and a
+        cancellation, pass down the chain."""
+        nxt: Future[Any] = Future()
+        pool = self._pool
+
+        def settle_from(src: cf.Future[Any]) -> None:
+            if src.cancelled():
+                nxt.cancel()
+            elif (exc := src.exception()) is not None:
+                _set_exception_once(nxt, exc)
+            else:
+                _set_result_once(nxt, src.result())
+
+        def step() -> None:
+            try:
+                exc = self.exception()
+                if exc is None:
+                    value = fn(self.result())
+                elif on_error is not None:
+                    value = on_error(exc)
+                else:
+                    _set_exception_once(nxt, exc)
+                    return
+            except BaseException as e:  # noqa: BLE001 - handed down the chain
+                _set_exception_once(nxt, e)
+                return
+            if isinstance(value, cf.Future):
+                value.add_done_callback(settle_from)
+            else:
+                _set_result_once(nxt, value)
+
+        def on_done(_: cf.Future[Any]) -> None:
+            if self.cancelled():
+                nxt.cancel()
+                return
+            if pool is not None:
+                try:
+                    pool.submit(step)
+                    return
+                except RuntimeError:  # the pool shut down meanwhile: continue here
+                    pass
+            step()
+
+        self.add_done_callback(on_done)
+        return nxt
+
+
+def _set_result_once(f: cf.Future[Any], value: Any) -> None:
+    try:
+        f.set_result(value)
+    except cf.InvalidStateError:
+        pass  # cancelled meanwhile
+
+
+def _set_exception_once(f: cf.Future[Any], exc: BaseException) -> None:
+    try:
+        f.set_exception(exc)
+    except cf.InvalidStateError:
+        pass
+
+
+_core._configure_futures(Future, cf.InvalidStateError, cf.CancelledError,
+                         _cf_thread.BrokenThreadPool, _log_callback_error)
+
+
+def gather(*fs: cf.Future[Any]) -> Future[list[Any]]:
+    """A future of the list of results, in order; fails fast with the first exception (or cancellation),
+    cancelling the futures still pending."""
+    out: Future[list[Any]] = Future()
+    n = len(fs)
+    if n == 0:
+        out.set_result([])
+        return out
+    results: list[Any] = [None] * n
+    remaining = [n]
+    lock = threading.Lock()
+
+    def fail(exc: BaseException | None) -> None:
+        if exc is None:
+            if not out.cancel():
+                return
+        else:
+            _set_exception_once(out, exc)
+        for f in fs:
+            f.cancel()
+
+    def on_done(i: int, f: cf.Future[Any]) -> None:
+        if f.cancelled():
+            fail(None)
+            return
+        exc = f.exception()
+        if exc is not None:
+            fail(exc)
+            return
+        results[i] = f.result()
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            _set_result_once(out, results)
+
+    for i, f in enumerate(fs):
+        if not isinstance(f, cf.Future):
+            raise TypeError(f"gather() argument {i} must be a future, not {type(f).__name__}")
+    for i, f in enumerate(fs):
+        f.add_done_callback(lambda f, i=i: on_done(i, f))
+    return out
+
+
+def first(*fs: cf.Future[Any]) -> Future[Any]:
+    """A future settled like the first of ``fs`` to finish (its result or its exception)."""
+    if not fs:
+        raise ValueError("first() needs at least one future")
+    for i, f in enumerate(fs):
+        if not isinstance(f, cf.Future):
+            raise TypeError(f"first() argument {i} must be a future, not {type(f).__name__}")
+    out: Future[Any] = Future()
+    cancelled = [0]
+    lock = threading.Lock()
+
+    def on_done(f: cf.Future[Any]) -> None:
+        if f.cancelled():
+            with lock:
+                cancelled[0] += 1
+                all_cancelled = cancelled[0] == len(fs)
+            if all_cancelled:
+                out.cancel()
+            return  # another may still finish
+        exc = f.exception()
+        if exc is not None:
+            _set_exception_once(out, exc)
+        else:
+            _set_result_once(out, f.result())
+
+    for f in fs:
+        f.add_done_callback(on_done)
+    return out
+
+
+def wait(fs: Iterable[cf.Future[Any]], timeout: float | None = None,
+         return_when: str = cf.ALL_COMPLETED) -> cf._base.DoneAndNotDoneFutures[Any]:
+    """concurrent.futures.wait, for gilfree and standard futures alike."""
+    return cf.wait(fs, timeout=timeout, return_when=return_when)
+
+
+def as_completed(fs: Iterable[cf.Future[Any]], timeout: float | None = None) -> Iterator[cf.Future[Any]]:
+    """concurrent.futures.as_completed, for gilfree and standard futures alike."""
+    return cf.as_completed(fs, timeout=timeout)
+
+
+del _cf_base

@@ -1,0 +1,227 @@
+"""gilfree.ThreadPool: a concurrent.futures.Executor whose workers are native threads (see src/pool.c).
+
+submit() is C all the way down. map() is lazy and streaming: it reads the inputs as it goes and keeps at
+most ``buffersize`` chunks in flight, so an endless generator works in bounded memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from . import _core
+from ._channel import Channel
+from ._future import Future
+
+T = TypeVar("T")
+
+__all__ = ["ThreadPool"]
+
+_live_pools: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
+_live_lock = threading.Lock()
+_exit_hook_installed = False
+
+
+def _shutdown_all_at_exit() -> None:
+    """Runs before interpreter finalization (threading._register_atexit): no worker may still need the
+    interpreter after it. Waits inside the workers (channels, futures) give up with gilfree.Cancelled; the
+    queued tasks still run, as with ThreadPoolExecutor."""
+    with _live_lock:
+        pools = list(_live_pools)
+    for pool in pools:
+        pool._interrupt_waits()
+    for pool in pools:
+        pool.shutdown(wait=True)
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
+
+
+class ThreadPool(_core.Pool, cf.Executor):  # type: ignore[misc]
+    """A fixed set of native worker threads; a drop-in concurrent.futures.Executor.
+
+    ``ThreadPool(max_workers=None, *, queue_size=0, thread_name_prefix="gilfree", initializer=None,
+    initargs=())``. Default workers: the CPUs available to the process.
+    """
+
+    __module__ = "gilfree"
+
+    def __init__(self, max_workers: int | None = None, *, queue_size: int = 0,
+                 thread_name_prefix: str = "gilfree", initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        global _exit_hook_installed
+        with _live_lock:
+            _live_pools.add(self)
+            if not _exit_hook_installed:
+                threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
+                _exit_hook_installed = True
+
+    def __repr__(self) -> str:
+        return f"<gilfree.ThreadPool max_workers={self.max_workers} queue_size={self.queue_size}>"
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1, ordered: bool = True, buffersize: int | None = None,
+            ctx: Any = None) -> Iterator[T]:
+        """Like Executor.map, but lazy and streaming: at most ``buffersize`` (default 2 x workers) chunks are
+        in flight. ``ordered=False`` yields in completion order. A task's exception is raised at its
+        position and the pending tasks are cancelled. With ``ctx`` (a gilfree.Context), reading the input
+        stops and pending tasks are cancelled when the context ends; the iterator then raises ctx.err()."""
+        if not callable(fn):
+            raise TypeError(f"map() argument 'fn' must be callable, not {type(fn).__name__}")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError("chunksize must be an int")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        if buffersize is None:
+            buffersize = 2 * self.max_workers
+        if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an int or None")
+        if buffersize < 1:
+            raise ValueError("buffersize must be >= 1")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError("timeout must be a number or None")
+            if not timeout >= 0:
+                raise ValueError("timeout must be non-negative")
+        end_time = None if timeout is None else time.monotonic() + timeout
+        inputs = zip(*iterables)
+        if chunksize == 1:
+            submit_next = self._submitter_one(fn, inputs)
+        else:
+            submit_next = self._submitter_chunks(fn, inputs, chunksize)
+        if ordered:
+            return self._map_ordered(submit_next, buffersize, end_time, chunksize > 1, ctx)
+        return self._map_unordered(submit_next, buffersize, end_time, chunksize > 1, ctx)
+
+    def _submitter_one(self, fn: Callable[..., Any], inputs: Iterator[tuple[Any, ...]]
+                       ) -> Callable[[], cf.Future[Any] | None]:
+        submit = self.submit
+
+        def submit_next() -> cf.Future[Any] | None:
+            for args in inputs:
+                return submit(fn, *args)
+            return None
+        return submit_next
+
+    def _submitter_chunks(self, fn: Callable[..., Any], inputs: Iterator[tuple[Any, ...]], chunksize: int
+                          ) -> Callable[[], cf.Future[Any] | None]:
+        submit = self.submit
+
+        def submit_next() -> cf.Future[Any] | None:
+            chunk = list(itertools.islice(inputs, chunksize))
+            return submit(_run_chunk, fn, chunk) if chunk else None
+        return submit_next
+
+    @staticmethod
+    def _fill(pending: collections.deque[cf.Future[Any]], submit_next: Callable[[], cf.Future[Any] | None],
+              buffersize: int, ctx: Any, on_submit: Callable[[cf.Future[Any]], None] | None = None) -> bool:
+        """Top the window up; False once the input is exhausted (or the context ended)."""
+        while len(pending) < buffersize:
+            if ctx is not None and ctx.err() is not None:
+                return False
+            f = submit_next()
+            if f is None:
+                return False
+            pending.append(f)
+            if on_submit is not None:
+                on_submit(f)
+        return True
+
+    def _map_ordered(self, submit_next: Callable[[], cf.Future[Any] | None], buffersize: int,
+                     end_time: float | None, chunked: bool, ctx: Any) -> Iterator[Any]:
+        pending: collections.deque[cf.Future[Any]] = collections.deque()
+        more = self._fill(pending, submit_next, buffersize, ctx)
+        cancel_hook = _on_context_end(ctx, pending)
+
+        def results() -> Iterator[Any]:
+            nonlocal more
+            try:
+                while pending:
+                    f = pending.popleft()
+                    try:
+                        value = f.result(None if end_time is None else max(0.0, end_time - time.monotonic()))
+                    except cf.CancelledError:
+                        if ctx is not None and ctx.err() is not None:
+                            raise ctx.err() from None
+                        raise
+                    if more:
+                        more = self._fill(pending, submit_next, buffersize, ctx)
+                    if chunked:
+                        yield from value
+                    else:
+                        yield value
+                if ctx is not None and ctx.err() is not None:
+                    raise ctx.err()
+            finally:
+                for f in pending:
+                    f.cancel()
+                if cancel_hook is not None:
+                    cancel_hook()
+        return results()
+
+    def _map_unordered(self, submit_next: Callable[[], cf.Future[Any] | None], buffersize: int,
+                       end_time: float | None, chunked: bool, ctx: Any) -> Iterator[Any]:
+        done: Channel[cf.Future[Any]] = Channel(None)
+        pending: collections.deque[cf.Future[Any]] = collections.deque()
+        in_flight: set[cf.Future[Any]] = set()
+
+        def on_submit(f: cf.Future[Any]) -> None:
+            in_flight.add(f)
+            f.add_done_callback(done.send_nowait)
+
+        more = self._fill(pending, submit_next, buffersize, ctx, on_submit)
+        pending.clear()
+        cancel_hook = _on_context_end(ctx, in_flight)
+
+        def results() -> Iterator[Any]:
+            nonlocal more
+            try:
+                while in_flight:
+                    try:
+                        f = done.recv(None if end_time is None else max(0.0, end_time - time.monotonic()))
+                    except TimeoutError:
+                        raise TimeoutError("map() did not produce a result in time") from None
+                    in_flight.discard(f)
+                    try:
+                        value = f.result()
+                    except cf.CancelledError:
+                        if ctx is not None and ctx.err() is not None:
+                            raise ctx.err() from None
+                        raise
+                    if more:
+                        room = buffersize - len(in_flight)
+                        more = self._fill(pending, submit_next, room, ctx, on_submit)
+                        pending.clear()
+                    if chunked:
+                        yield from value
+                    else:
+                        yield value
+                if ctx is not None and ctx.err() is not None:
+                    raise ctx.err()
+            finally:
+                for f in list(in_flight):
+                    f.cancel()
+                if cancel_hook is not None:
+                    cancel_hook()
+        return results()
+
+
+def _on_context_end(ctx: Any, futures: Any) -> Callable[[], None] | None:
+    """Cancel the futures still pending when ctx ends; returns the hook's remover."""
+    if ctx is None:
+        return None
+
+    def cancel_all() -> None:
+        for f in list(futures):
+            f.cancel()
+    return ctx._on_cancel(cancel_all)  # type: ignore[no-any-return]
+
+
+__all__ += []
+_ = Future  # the pool creates gilfree.Future objects (configured in _future)

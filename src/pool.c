@@ -1,0 +1,854 @@
+/* pool.c — gilfree._core.Pool: a fixed set of native worker threads running Python callables.
+ *
+ * The C base of gilfree.ThreadPool (which also subclasses concurrent.futures.Executor). Workers are
+ * pthreads started here; each attaches one Python thread state for its whole life (PyGILState_Ensure
+ * once), blocks asynchronous signals (Ctrl-C belongs to the main thread), and loops:
+ *     take a task (holding the GIL, it takes the next queued one at once: no GIL hand-off per task;
+ *     only when the queue is empty does it release the GIL and sleep) -> run it in a copy of the
+ *     submitter's contextvars context -> complete its future.
+ * After libuv's threadpool: a sleeping worker is signalled only when one is idle; shutdown sets a flag
+ * every worker sees once the queue is drained; the state after fork() is never trusted.
+ *
+ * Lifetime: the queue and counters live in a gf_poolcore on the C heap, shared (refs) by the Pool object
+ * and each worker, and freed by the last: a worker that has detached for good may still touch it.
+ *
+ * Invariants:
+ *   - lock guards the queue, the counters and the flags; held only for short sections that call no
+ *     Python and never wait for the GIL (a sleeping worker holds it only inside pthread_cond_wait).
+ *   - queued <= queue_size when queue_size > 0; a submitter parks on submitq only while it is full.
+ *   - Every task popped is run or cancelled exactly once, and its future completed.
+ *   - alive counts workers that have not yet released their thread state.
+ */
+#include "future.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+
+typedef struct gf_task {
+    struct gf_task *next;
+    PyObject *fn, *args, *kwargs; /* owned; kwargs may be NULL */
+    FutureObject *fut;            /* owned */
+    PyObject *ctx;                /* owned: the submitter's contextvars context, copied */
+} gf_task;
+
+typedef struct gf_poolcore {
+    atomic_int refs;           /* the Pool object + one per worker thread */
+    pthread_mutex_t lock;      /* guards everything below but `exiting` */
+    pthread_cond_t work_cv;    /* sleeping workers; CLOCK_MONOTONIC */
+    pthread_cond_t exit_cv;    /* shutdown(wait=True) waits for `alive` to drop */
+    gf_task *head, *tail;
+    Py_ssize_t queued, queue_size;
+    gf_waitq submitq;          /* submitters parked on a full queue */
+    int shutdown, broken, nthreads, alive, idle, signalled;
+    Py_ssize_t submitted, completed, failed, cancelled, running;
+    atomic_int exiting;        /* interpreter exit: channel waits in the workers raise Cancelled */
+    unsigned fork_gen;         /* gf_fork_generation() at creation: a forked child never trusts us */
+} gf_poolcore;
+
+typedef struct {
+    PyObject_HEAD
+    gf_state *st;
+    gf_poolcore *p;
+    PyObject *initializer, *initargs; /* owned */
+    PyObject *prefix;                 /* thread name prefix (str) */
+    int max_workers;
+} PoolObject;
+
+#define POOL_CAST(op) ((PoolObject *)(op))
+
+/* ---- the core --------------------------------------------------------------------------------------- */
+
+static gf_poolcore *
+poolcore_new(Py_ssize_t queue_size)
+{
+    gf_poolcore *p = PyMem_RawCalloc(1, sizeof(gf_poolcore));
+    if (p == NULL) {
+        return NULL;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+#if !defined(__APPLE__)
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+#endif
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->work_cv, &attr);
+    pthread_cond_init(&p->exit_cv, &attr);
+    pthread_condattr_destroy(&attr);
+    atomic_init(&p->refs, 1);
+    atomic_init(&p->exiting, 0);
+    p->queue_size = queue_size;
+    p->fork_gen = gf_fork_generation();
+    return p;
+}
+
+static void
+poolcore_decref(gf_poolcore *p)
+{
+    if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) {
+        pthread_mutex_destroy(&p->lock);
+        pthread_cond_destroy(&p->work_cv);
+        pthread_cond_destroy(&p->exit_cv);
+        PyMem_RawFree(p);
+    }
+}
+
+static inline int
+poolcore_forked(gf_poolcore *p)
+{
+    return p->fork_gen != gf_fork_generation();
+}
+
+static void
+task_free(gf_task *t)
+{
+    Py_DECREF(t->fn);
+    Py_DECREF(t->args);
+    Py_XDECREF(t->kwargs);
+    Py_DECREF(t->fut);
+    Py_DECREF(t->ctx);
+    PyMem_RawFree(t);
+}
+
+/* Cancel a task that will never run (shutdown with cancel_futures, a broken pool). */
+static void
+task_cancel(gf_task *t, PyObject *exc)
+{
+    if (exc != NULL) {
+        if (gf_future_set_running_or_notify_cancel(t->fut) == 1) {
+            (void)gf_future_finish(t->fut, NULL, exc);
+        }
+    }
+    else {
+        (void)gf_future_cancel(t->fut);
+        (void)gf_future_set_running_or_notify_cancel(t->fut);
+    }
+    if (PyErr_Occurred()) {
+        PyErr_WriteUnraisable((PyObject *)t->fut);
+    }
+    task_free(t);
+}
+
+/* Under lock: detach the whole queue. */
+static gf_task *
+take_queue(gf_poolcore *p, gf_wakelist *wl)
+{
+    gf_task *t = p->head;
+    p->head = p->tail = NULL;
+    p->queued = 0;
+    gf_waiter *w;
+    while ((w = gf_waitq_claim_first(&p->submitq)) != NULL) {
+        gf_sel_fire(w->sel, 0, 1, NULL, wl);
+    }
+    return t;
+}
+
+/* ---- workers ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    gf_poolcore *p;
+    gf_state *st;
+    PyObject *initializer, *initargs; /* owned, released by the worker (attached) */
+    char name[64];
+} worker_start;
+
+/* Attached. The next task, or NULL once shut down and drained. May sleep with the GIL released. */
+static gf_task *
+next_task(gf_poolcore *p)
+{
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    gf_task *t = NULL;
+    pthread_mutex_lock(&p->lock);
+    while (p->head == NULL && !p->shutdown) {
+        pthread_mutex_unlock(&p->lock);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&p->lock);
+        while (p->head == NULL && !p->shutdown) {
+            p->idle++;
+            pthread_cond_wait(&p->work_cv, &p->lock);
+            p->idle--;
+            if (p->signalled > 0) {
+                p->signalled--;
+            }
+        }
+        pthread_mutex_unlock(&p->lock);
+        Py_END_ALLOW_THREADS
+        pthread_mutex_lock(&p->lock);
+    }
+    if (p->head != NULL) {
+        t = p->head;
+        p->head = t->next;
+        if (p->head == NULL) {
+            p->tail = NULL;
+        }
+        p->queued--;
+        p->running++;
+        gf_waiter *w;
+        if (p->queue_size > 0 && (w = gf_waitq_claim_first(&p->submitq)) != NULL) {
+            gf_sel_fire(w->sel, 0, 0, NULL, &wl); /* room for one more */
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    gf_wakelist_run(&wl);
+    return t;
+}
+
+/* Attached. Run one task and complete its future. */
+static void
+run_task(gf_poolcore *p, gf_task *t)
+{
+    int outcome; /* 0 completed, 1 failed, 2 cancelled */
+    int r = gf_future_set_running_or_notify_cancel(t->fut);
+    if (r == 1) {
+        PyObject *res = NULL, *exc = NULL;
+        if (PyContext_Enter(t->ctx) == 0) {
+            res = PyObject_Call(t->fn, t->args, t->kwargs);
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            if (PyContext_Exit(t->ctx) < 0) {
+                PyErr_WriteUnraisable(t->ctx);
+            }
+            PyErr_Restore(type, value, tb);
+        }
+        if (res == NULL) {
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &exc, &tb);
+            PyErr_NormalizeException(&type, &exc, &tb);
+            if (exc != NULL && tb != NULL) {
+                PyException_SetTraceback(exc, tb);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+        }
+        if ((res != NULL ? gf_future_finish(t->fut, res, NULL) : gf_future_finish(t->fut, NULL, exc)) < 0) {
+            PyErr_WriteUnraisable((PyObject *)t->fut); /* someone completed it by hand meanwhile */
+        }
+        outcome = res != NULL ? 0 : 1;
+        Py_XDECREF(res);
+        Py_XDECREF(exc);
+    }
+    else {
+        if (r < 0) {
+            PyErr_WriteUnraisable((PyObject *)t->fut);
+        }
+        outcome = 2;
+    }
+    task_free(t);
+    pthread_mutex_lock(&p->lock);
+    p->running--;
+    if (outcome == 0) {
+        p->completed++;
+    }
+    else if (outcome == 1) {
+        p->failed++;
+    }
+    else {
+        p->cancelled++;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void
+worker_broken(worker_start *ws)
+{
+    gf_poolcore *p = ws->p;
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    pthread_mutex_lock(&p->lock);
+    p->broken = 1;
+    gf_task *t = take_queue(p, &wl);
+    pthread_cond_broadcast(&p->work_cv);
+    pthread_mutex_unlock(&p->lock);
+    gf_wakelist_run(&wl);
+    PyObject *exc = PyObject_CallFunction(ws->st->BrokenThreadPool ? ws->st->BrokenThreadPool
+                                                                   : PyExc_RuntimeError,
+                                          "s", "A thread initializer failed, the thread pool is not usable "
+                                               "anymore");
+    while (t != NULL) {
+        gf_task *next = t->next;
+        task_cancel(t, exc);
+        t = next;
+    }
+    Py_XDECREF(exc);
+}
+
+static void *
+worker_main(void *arg)
+{
+    worker_start *ws = (worker_start *)arg;
+    gf_poolcore *p = ws->p;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
+#if defined(__linux__)
+    char shortname[16]; /* the kernel keeps 15 characters */
+    memcpy(shortname, ws->name, sizeof(shortname) - 1);
+    shortname[sizeof(shortname) - 1] = '\0';
+    pthread_setname_np(pthread_self(), shortname);
+#endif
+    PyGILState_STATE g = PyGILState_Ensure();
+    gf_set_thread_interrupt(&p->exiting);
+    int ok = 1;
+    if (ws->initializer != NULL) {
+        PyObject *r = PyObject_Call(ws->initializer, ws->initargs, NULL);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(ws->initializer);
+            ok = 0;
+        }
+        Py_XDECREF(r);
+    }
+    Py_CLEAR(ws->initializer);
+    Py_CLEAR(ws->initargs);
+    if (!ok) {
+        worker_broken(ws);
+    }
+    gf_task *t;
+    while (ok && (t = next_task(p)) != NULL) {
+        run_task(p, t);
+    }
+    gf_set_thread_interrupt(NULL);
+    PyMem_RawFree(ws);
+    PyGILState_Release(g); /* from here on no Python */
+    pthread_mutex_lock(&p->lock);
+    p->alive--;
+    pthread_cond_broadcast(&p->exit_cv);
+    pthread_mutex_unlock(&p->lock);
+    poolcore_decref(p);
+    return NULL;
+}
+
+/* ---- Pool.__new__ ----------------------------------------------------------------------------------- */
+
+static int
+start_workers(PoolObject *self)
+{
+    gf_poolcore *p = self->p;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int err = 0;
+    for (int i = 0; i < self->max_workers; i++) {
+        worker_start *ws = PyMem_RawCalloc(1, sizeof(worker_start));
+        if (ws == NULL) {
+            err = ENOMEM;
+            break;
+        }
+        ws->p = p;
+        ws->st = self->st;
+        ws->initializer = Py_XNewRef(self->initializer);
+        ws->initargs = Py_XNewRef(self->initargs);
+        const char *prefix = PyUnicode_AsUTF8(self->prefix);
+        snprintf(ws->name, sizeof(ws->name), "%.40s_%d", prefix ? prefix : "gilfree", i);
+        PyErr_Clear();
+        atomic_fetch_add(&p->refs, 1);
+        pthread_mutex_lock(&p->lock);
+        p->alive++;
+        p->nthreads++;
+        pthread_mutex_unlock(&p->lock);
+        pthread_t tid;
+        err = pthread_create(&tid, &attr, worker_main, ws);
+        if (err != 0) {
+            pthread_mutex_lock(&p->lock);
+            p->alive--;
+            p->nthreads--;
+            pthread_mutex_unlock(&p->lock);
+            atomic_fetch_sub(&p->refs, 1);
+            Py_XDECREF(ws->initializer);
+            Py_XDECREF(ws->initargs);
+            PyMem_RawFree(ws);
+            break;
+        }
+    }
+    pthread_attr_destroy(&attr);
+    if (err != 0 && p->nthreads == 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_RuntimeError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"max_workers", "queue_size", "thread_name_prefix", "initializer", "initargs",
+                             NULL};
+    PyObject *maxw = Py_None, *qs = NULL, *prefix = NULL, *init = Py_None, *initargs = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$OOOO:ThreadPool", kwlist, &maxw, &qs, &prefix, &init,
+                                     &initargs)) {
+        return NULL;
+    }
+    long workers;
+    if (maxw == Py_None) {
+        PyObject *os = PyImport_ImportModule("os");
+        PyObject *n = NULL;
+        if (os != NULL) {
+            n = PyObject_HasAttrString(os, "process_cpu_count") ? PyObject_CallMethod(os, "process_cpu_count",
+                                                                                      NULL)
+                                                               : NULL;
+            if (n == NULL && !PyErr_Occurred()) {
+                PyObject *aff = PyObject_CallMethod(os, "sched_getaffinity", "i", 0);
+                if (aff != NULL) {
+                    n = PyLong_FromSsize_t(PySet_Size(aff));
+                    Py_DECREF(aff);
+                }
+                else {
+                    PyErr_Clear();
+                    n = PyObject_CallMethod(os, "cpu_count", NULL);
+                }
+            }
+            Py_DECREF(os);
+        }
+        if (n == NULL) {
+            return NULL;
+        }
+        workers = n == Py_None ? 1 : PyLong_AsLong(n);
+        Py_DECREF(n);
+        if (workers == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    else {
+        if (PyBool_Check(maxw) || !PyLong_Check(maxw)) {
+            return PyErr_Format(PyExc_TypeError, "max_workers must be an int or None, not %.100s",
+                                Py_TYPE(maxw)->tp_name);
+        }
+        workers = PyLong_AsLong(maxw);
+        if (workers == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (workers <= 0) {
+            return PyErr_Format(PyExc_ValueError, "max_workers must be greater than 0, got %ld", workers);
+        }
+        if (workers > 4096) {
+            return PyErr_Format(PyExc_ValueError, "max_workers must be at most 4096, got %ld", workers);
+        }
+    }
+    Py_ssize_t queue_size = 0;
+    if (qs != NULL) {
+        if (PyBool_Check(qs) || !PyLong_Check(qs)) {
+            return PyErr_Format(PyExc_TypeError, "queue_size must be an int, not %.100s", Py_TYPE(qs)->tp_name);
+        }
+        queue_size = PyLong_AsSsize_t(qs);
+        if (queue_size == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (queue_size < 0) {
+            return PyErr_Format(PyExc_ValueError, "queue_size must be >= 0 (0: unbounded), got %zd", queue_size);
+        }
+    }
+    if (prefix != NULL && !PyUnicode_Check(prefix)) {
+        return PyErr_Format(PyExc_TypeError, "thread_name_prefix must be a str, not %.100s",
+                            Py_TYPE(prefix)->tp_name);
+    }
+    if (init != Py_None && !PyCallable_Check(init)) {
+        return PyErr_Format(PyExc_TypeError, "initializer must be a callable or None, not %.100s",
+                            Py_TYPE(init)->tp_name);
+    }
+    PyObject *iargs = initargs ? PySequence_Tuple(initargs) : PyTuple_New(0);
+    if (iargs == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Format(PyExc_TypeError, "initargs must be a tuple, not %.100s", Py_TYPE(initargs)->tp_name);
+        }
+        return NULL;
+    }
+    PyObject *module = PyType_GetModuleByDef(type, &gf_module_def);
+    if (module == NULL) {
+        Py_DECREF(iargs);
+        return NULL;
+    }
+    PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(iargs);
+        return NULL;
+    }
+    self->st = gf_get_state(module);
+    self->max_workers = (int)workers;
+    self->initializer = init == Py_None ? NULL : Py_NewRef(init);
+    self->initargs = iargs;
+    self->prefix = prefix ? Py_NewRef(prefix) : PyUnicode_FromString("gilfree");
+    self->p = poolcore_new(queue_size);
+    if (self->prefix == NULL || self->p == NULL || start_workers(self) < 0) {
+        if (self->p == NULL && !PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+pool_init(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return 0; /* everything happened in __new__ */
+}
+
+/* ---- submit ---------------------------------------------------------------------------------------- */
+
+static PyObject *
+pool_unusable(gf_poolcore *p, gf_state *st)
+{
+    if (poolcore_forked(p)) {
+        PyErr_SetString(PyExc_RuntimeError, "this ThreadPool was created before os.fork(): its workers do "
+                                            "not exist in the child process; create a new pool there");
+    }
+    else if (p->broken) {
+        PyErr_SetString(st->BrokenThreadPool ? st->BrokenThreadPool : PyExc_RuntimeError,
+                        "A thread initializer failed, the thread pool is not usable anymore");
+    }
+    else {
+        PyErr_SetString(PyExc_RuntimeError, "cannot schedule new futures after shutdown");
+    }
+    return NULL;
+}
+
+/* Queue t, blocking (GIL released, Ctrl-C works) while a bounded queue is full. 0 queued; -1 error (t is
+ * still the caller's). */
+static int
+enqueue(PoolObject *self, gf_task *t)
+{
+    gf_poolcore *p = self->p;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        if (p->shutdown || p->broken) {
+            pthread_mutex_unlock(&p->lock);
+            pool_unusable(p, self->st);
+            return -1;
+        }
+        if (p->queue_size == 0 || p->queued < p->queue_size) {
+            t->next = NULL;
+            if (p->tail) {
+                p->tail->next = t;
+            }
+            else {
+                p->head = t;
+            }
+            p->tail = t;
+            p->queued++;
+            p->submitted++;
+            if (p->idle > p->signalled) { /* wake a sleeping worker only if none is on its way yet */
+                p->signalled++;
+                pthread_cond_signal(&p->work_cv);
+            }
+            pthread_mutex_unlock(&p->lock);
+            return 0;
+        }
+        pthread_mutex_unlock(&p->lock);
+        /* Full: park until a worker takes a task, or shutdown; then try again. */
+        gf_sel sel;
+        if (gf_sel_init(&sel) < 0) {
+            return -1;
+        }
+        gf_waiter w = {.sel = &sel, .index = 0};
+        pthread_mutex_lock(&p->lock);
+        int full = !p->shutdown && !p->broken && p->queued >= p->queue_size;
+        if (full) {
+            gf_waitq_push(&p->submitq, &w);
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (full) {
+            gf_deadline forever = {.infinite = 1};
+            if (gf_wait(self->st, &sel, &forever) != GF_WAIT_FIRED) {
+                pthread_mutex_lock(&p->lock);
+                gf_waitq_unlink(&p->submitq, &w);
+                pthread_mutex_unlock(&p->lock);
+                gf_sel_fini(&sel);
+                return -1; /* Ctrl-C: nothing was queued */
+            }
+        }
+        gf_sel_fini(&sel);
+    }
+}
+
+static PyObject *
+pool_submit(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PoolObject *self = POOL_CAST(op);
+    gf_poolcore *p = self->p;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "submit() missing required argument 'fn'");
+        return NULL;
+    }
+    PyObject *fn = args[0];
+    if (!PyCallable_Check(fn)) {
+        return PyErr_Format(PyExc_TypeError, "submit() argument 'fn' must be callable, not %.100s",
+                            Py_TYPE(fn)->tp_name);
+    }
+    if (poolcore_forked(p)) {
+        return pool_unusable(p, self->st);
+    }
+    gf_task *t = PyMem_RawCalloc(1, sizeof(gf_task));
+    if (t == NULL) {
+        return PyErr_NoMemory();
+    }
+    t->fn = Py_NewRef(fn);
+    t->args = PyTuple_New(nargs - 1);
+    if (t->args == NULL) {
+        goto error;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(t->args, i - 1, Py_NewRef(args[i]));
+    }
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        t->kwargs = PyDict_New();
+        if (t->kwargs == NULL) {
+            goto error;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
+            if (PyDict_SetItem(t->kwargs, PyTuple_GET_ITEM(kwnames, k), args[nargs + k]) < 0) {
+                goto error;
+            }
+        }
+    }
+    t->ctx = PyContext_CopyCurrent();
+    t->fut = gf_future_new(self->st, op);
+    if (t->ctx == NULL || t->fut == NULL) {
+        goto error;
+    }
+    PyObject *fut = Py_NewRef(t->fut);
+    if (enqueue(self, t) < 0) {
+        Py_DECREF(fut);
+        goto error;
+    }
+    return fut;
+error:
+    Py_XDECREF(t->fn);
+    Py_XDECREF(t->args);
+    Py_XDECREF(t->kwargs);
+    Py_XDECREF(t->ctx);
+    Py_XDECREF(t->fut);
+    PyMem_RawFree(t);
+    return NULL;
+}
+
+/* ---- shutdown -------------------------------------------------------------------------------------- */
+
+static const char *const shutdown_names[] = {"wait", "cancel_futures"};
+
+/* Wait (GIL released; Ctrl-C on the main thread) until at most `keep` workers are alive. */
+static int
+wait_for_workers(PoolObject *self, int keep)
+{
+    gf_poolcore *p = self->p;
+    int is_main = PyThread_get_thread_ident() == self->st->main_ident;
+    for (;;) {
+        int alive;
+        Py_BEGIN_ALLOW_THREADS
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += GF_SIGNAL_POLL_NS;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        pthread_mutex_lock(&p->lock);
+        if (p->alive > keep) {
+            pthread_cond_timedwait(&p->exit_cv, &p->lock, &until);
+        }
+        alive = p->alive;
+        pthread_mutex_unlock(&p->lock);
+        Py_END_ALLOW_THREADS
+        if (alive <= keep) {
+            return 0;
+        }
+        if (is_main && PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+static int
+shutdown_core(PoolObject *self, int wait, int cancel_futures)
+{
+    gf_poolcore *p = self->p;
+    if (p == NULL || poolcore_forked(p)) {
+        return 0; /* the child has no workers to stop, and the lock may be a dead thread's */
+    }
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    pthread_mutex_lock(&p->lock);
+    p->shutdown = 1;
+    gf_task *t = cancel_futures ? take_queue(p, &wl) : NULL;
+    gf_waiter *w;
+    while ((w = gf_waitq_claim_first(&p->submitq)) != NULL) {
+        gf_sel_fire(w->sel, 0, 1, NULL, &wl); /* parked submitters see the shutdown */
+    }
+    pthread_cond_broadcast(&p->work_cv);
+    pthread_mutex_unlock(&p->lock);
+    gf_wakelist_run(&wl);
+    Py_ssize_t ncancelled = 0;
+    while (t != NULL) {
+        gf_task *next = t->next;
+        task_cancel(t, NULL);
+        ncancelled++;
+        t = next;
+    }
+    if (ncancelled) {
+        pthread_mutex_lock(&p->lock);
+        p->cancelled += ncancelled;
+        pthread_mutex_unlock(&p->lock);
+    }
+    if (!wait) {
+        return 0;
+    }
+    /* Called from one of our own workers: wait for the others only. */
+    return wait_for_workers(self, gf_current_thread_interrupt() == &p->exiting ? 1 : 0);
+}
+
+static PyObject *
+pool_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[2];
+    if (gf_parse_args("shutdown", args, nargs, kwnames, shutdown_names, 0, 2, a) < 0) {
+        return NULL;
+    }
+    int wait = a[0] ? PyObject_IsTrue(a[0]) : 1;
+    int cancel = a[1] ? PyObject_IsTrue(a[1]) : 0;
+    if (wait < 0 || cancel < 0 || shutdown_core(POOL_CAST(op), wait, cancel) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* At interpreter exit: channel and future waits inside the workers give up (gilfree.Cancelled). */
+static PyObject *
+pool_interrupt_waits(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gf_poolcore *p = POOL_CAST(op)->p;
+    if (p != NULL) {
+        atomic_store(&p->exiting, 1);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pool_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gf_poolcore *p = POOL_CAST(op)->p;
+    Py_ssize_t v[7];
+    int forked = poolcore_forked(p);
+    if (!forked) {
+        pthread_mutex_lock(&p->lock);
+    }
+    v[0] = p->submitted;
+    v[1] = p->completed;
+    v[2] = p->failed;
+    v[3] = p->cancelled;
+    v[4] = p->queued;
+    v[5] = p->running;
+    v[6] = forked ? 0 : p->alive;
+    if (!forked) {
+        pthread_mutex_unlock(&p->lock);
+    }
+    return Py_BuildValue("{sn,sn,sn,sn,sn,sn,sn}", "submitted", v[0], "completed", v[1], "failed", v[2],
+                         "cancelled", v[3], "queued", v[4], "running", v[5], "workers", v[6]);
+}
+
+static PyObject *
+pool_get_max_workers(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(POOL_CAST(op)->max_workers);
+}
+
+static PyObject *
+pool_get_queue_size(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(POOL_CAST(op)->p->queue_size);
+}
+
+/* ---- GC -------------------------------------------------------------------------------------------- */
+
+static int
+pool_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    PoolObject *self = POOL_CAST(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->initializer);
+    Py_VISIT(self->initargs);
+    Py_VISIT(self->prefix);
+    /* Queued tasks belong to the workers, which run them whatever the GC thinks: not visited, so a
+     * pending task is never torn apart as garbage. */
+    return 0;
+}
+
+static int
+pool_clear(PyObject *op)
+{
+    PoolObject *self = POOL_CAST(op);
+    Py_CLEAR(self->initializer);
+    Py_CLEAR(self->initargs);
+    Py_CLEAR(self->prefix);
+    return 0;
+}
+
+static void
+pool_dealloc(PyObject *op)
+{
+    PoolObject *self = POOL_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (self->p != NULL) {
+        /* Like a dropped ThreadPoolExecutor: the workers finish what is queued, then exit. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        (void)shutdown_core(self, 0, 0);
+        PyErr_Restore(type, value, tb);
+        poolcore_decref(self->p);
+        self->p = NULL;
+    }
+    (void)pool_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ---- type ------------------------------------------------------------------------------------------ */
+
+static PyMethodDef pool_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL | METH_KEYWORDS,
+     "submit(fn, /, *args, **kwargs)\n--\n\nSchedule fn(*args, **kwargs); return a gilfree.Future. With "
+     "queue_size > 0, blocks (GIL released) while that many tasks wait to start."},
+    {"shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_FASTCALL | METH_KEYWORDS,
+     "shutdown(wait=True, *, cancel_futures=False)\n--\n\nStop accepting work; with cancel_futures "
+     "cancel what has not started; with wait, wait for the workers to finish."},
+    {"stats", pool_stats, METH_NOARGS,
+     "stats()\n--\n\nCounts: submitted, completed, failed, cancelled, queued, running, workers."},
+    {"_interrupt_waits", pool_interrupt_waits, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef pool_getset[] = {
+    {"max_workers", pool_get_max_workers, NULL, "The number of worker threads.", NULL},
+    {"queue_size", pool_get_queue_size, NULL, "Tasks allowed to wait to start (0: unbounded).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot pool_slots[] = {
+    {Py_tp_new, pool_new},
+    {Py_tp_init, pool_init},
+    {Py_tp_dealloc, pool_dealloc},
+    {Py_tp_traverse, pool_traverse},
+    {Py_tp_clear, pool_clear},
+    {Py_tp_methods, pool_methods},
+    {Py_tp_getset, pool_getset},
+    {Py_tp_doc, "The C core of gilfree.ThreadPool."},
+    {0, NULL},
+};
+
+static PyType_Spec pool_spec = {
+    .name = "gilfree._core.Pool",
+    .basicsize = sizeof(PoolObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = pool_slots,
+};
+
+int
+gf_pool_setup(PyObject *module, gf_state *st)
+{
+    st->pool_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &pool_spec, NULL);
+    if (st->pool_type == NULL || PyModule_AddType(module, st->pool_type) < 0) {
+        return -1;
+    }
+    return 0;
+}
