@@ -712,6 +712,49 @@ pool_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     Py_RETURN_NONE;
 }
 
+/* If fut's task has not started yet, take it off the queue and run it here, in the calling thread: a
+ * caller about to wait for it (map) saves two GIL hand-offs, and cannot deadlock waiting for a task that
+ * no free worker would start. True if it ran here. */
+static PyObject *
+pool_run_inline(PyObject *op, PyObject *fut)
+{
+    gf_poolcore *p = POOL_CAST(op)->p;
+    if (poolcore_forked(p)) {
+        Py_RETURN_FALSE;
+    }
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    gf_task *t = NULL, *prev = NULL;
+    pthread_mutex_lock(&p->lock);
+    for (t = p->head; t != NULL; prev = t, t = t->next) {
+        if ((PyObject *)t->fut == fut) {
+            if (prev) {
+                prev->next = t->next;
+            }
+            else {
+                p->head = t->next;
+            }
+            if (p->tail == t) {
+                p->tail = prev;
+            }
+            p->queued--;
+            p->running++;
+            gf_waiter *w;
+            if (p->queue_size > 0 && (w = gf_waitq_claim_first(&p->submitq)) != NULL) {
+                gf_sel_fire(w->sel, 0, 0, NULL, &wl);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    gf_wakelist_run(&wl);
+    if (t == NULL) {
+        Py_RETURN_FALSE;
+    }
+    run_task(p, t);
+    Py_RETURN_TRUE;
+}
+
 /* At interpreter exit: channel and future waits inside the workers give up (gilfree.Cancelled). */
 static PyObject *
 pool_interrupt_waits(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -815,6 +858,7 @@ static PyMethodDef pool_methods[] = {
     {"stats", pool_stats, METH_NOARGS,
      "stats()\n--\n\nCounts: submitted, completed, failed, cancelled, queued, running, workers."},
     {"_interrupt_waits", pool_interrupt_waits, METH_NOARGS, NULL},
+    {"_run_inline", pool_run_inline, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
