@@ -84,8 +84,8 @@ future_init(PyObject *self, PyObject *args, PyObject *kwargs)
 
 /* ---- completion ------------------------------------------------------------------------------------- */
 
-static void
-report_callback_error(FutureObject *f)
+void
+gf_log_exception(gf_state *st, const char *what, PyObject *obj)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -93,9 +93,8 @@ report_callback_error(FutureObject *f)
     if (tb != NULL && value != NULL) {
         PyException_SetTraceback(value, tb);
     }
-    gf_state *st = f->st;
     if (st->log_callback_error != NULL && value != NULL) {
-        PyObject *r = PyObject_CallFunctionObjArgs(st->log_callback_error, (PyObject *)f, value, NULL);
+        PyObject *r = PyObject_CallFunction(st->log_callback_error, "sOO", what, obj, value);
         if (r == NULL) {
             PyErr_WriteUnraisable(st->log_callback_error);
         }
@@ -104,11 +103,17 @@ report_callback_error(FutureObject *f)
     else {
         PyErr_Restore(type, value, tb);
         type = value = tb = NULL;
-        PyErr_WriteUnraisable((PyObject *)f);
+        PyErr_WriteUnraisable(obj);
     }
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+}
+
+static void
+report_callback_error(FutureObject *f)
+{
+    gf_log_exception(f->st, "exception calling callback for %r", (PyObject *)f);
 }
 
 static void

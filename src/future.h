@@ -44,6 +44,9 @@ int gf_future_finish(FutureObject *f, PyObject *result, PyObject *exc);
 /* cancel(): 1 cancelled (or already), 0 running or finished. */
 int gf_future_cancel(FutureObject *f);
 
+/* Log the current exception through concurrent.futures' logger: what % obj (a %r format). Clears it. */
+void gf_log_exception(gf_state *st, const char *what, PyObject *obj);
+
 static inline int
 gf_is_future(gf_state *st, PyObject *op)
 {

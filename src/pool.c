@@ -293,7 +293,7 @@ worker_main(void *arg)
     if (ws->initializer != NULL) {
         PyObject *r = PyObject_Call(ws->initializer, ws->initargs, NULL);
         if (r == NULL) {
-            PyErr_WriteUnraisable(ws->initializer);
+            gf_log_exception(ws->st, "Exception in initializer %r", ws->initializer);
             ok = 0;
         }
         Py_XDECREF(r);

@@ -31,8 +31,8 @@ _LOGGER = logging.getLogger("concurrent.futures")
 _compat_lock = threading.Lock()
 
 
-def _log_callback_error(future: Any, exc: BaseException) -> None:
-    _LOGGER.error("exception calling callback for %r", future, exc_info=exc)
+def _log_callback_error(what: str, obj: Any, exc: BaseException) -> None:
+    _LOGGER.error(what, obj, exc_info=exc)
 
 
 class Future(_core.Future, cf.Future, Generic[T]):  # type: ignore[misc]

@@ -72,7 +72,7 @@ class ThreadPool(_core.Pool, cf.Executor):  # type: ignore[misc]
         in flight. ``ordered=False`` yields in completion order. A task's exception is raised at its
         position and the pending tasks are cancelled. In order, when the next result's task has not
         started yet, the consuming thread runs it itself instead of waiting for a worker (with the GIL
-        that saves two hand-offs per item; the workers keep running the rest). With ``ctx`` (a gilfree.Context), reading the input
+        that saves two hand-offs per item; the workers keep running the rest); not with a timeout. With ``ctx`` (a gilfree.Context), reading the input
         stops and pending tasks are cancelled when the context ends; the iterator then raises ctx.err()."""
         if not callable(fn):
             raise TypeError(f"map() argument 'fn' must be callable, not {type(fn).__name__}")
@@ -148,7 +148,7 @@ class ThreadPool(_core.Pool, cf.Executor):  # type: ignore[misc]
             try:
                 while pending:
                     f = pending.popleft()
-                    if not f.done():
+                    if end_time is None and not f.done():
                         run_inline(f)  # not started yet: run it here rather than wait for a worker
                     try:
                         value = f.result(None if end_time is None else max(0.0, end_time - time.monotonic()))
