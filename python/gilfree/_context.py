@@ -21,7 +21,7 @@ __all__ = ["Context", "Cancelled", "DeadlineExceeded"]
 Cancelled = _core.Cancelled
 
 
-class DeadlineExceeded(_core.Cancelled, TimeoutError):  # type: ignore[misc]
+class DeadlineExceeded(_core.Cancelled, TimeoutError):
     """The context's deadline passed."""
 
     __module__ = "gilfree"

@@ -16,9 +16,10 @@ import asyncio
 import concurrent.futures as cf
 import concurrent.futures._base as _cf_base
 import concurrent.futures.thread as _cf_thread
+import functools
 import logging
 import threading
-from typing import Any, Callable, Generator, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Generator, Iterable, Iterator, TypeVar
 
 from . import _core
 
@@ -35,7 +36,7 @@ def _log_callback_error(what: str, obj: Any, exc: BaseException) -> None:
     _LOGGER.error(what, obj, exc_info=exc)
 
 
-class Future(_core.Future, cf.Future, Generic[T]):  # type: ignore[misc]
+class Future(_core.Future[T], cf.Future[T]):
     """The result of work that may not have finished yet (a concurrent.futures.Future)."""
 
     __module__ = "gilfree"
@@ -55,14 +56,14 @@ class Future(_core.Future, cf.Future, Generic[T]):  # type: ignore[misc]
                     pair = (threading.Condition(), [])
                     d["_gf_compat"] = pair
                     self._enable_compat()  # from now on, changes call _cf_notify
-        return pair  # type: ignore[no-any-return]
+        return pair
 
     @property
-    def _condition(self) -> threading.Condition:
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         return self._compat()[0]
 
     @property
-    def _waiters(self) -> list[Any]:
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
         return self._compat()[1]
 
     def _cf_notify(self, kind: str) -> None:
@@ -83,7 +84,7 @@ class Future(_core.Future, cf.Future, Generic[T]):  # type: ignore[misc]
     def __await__(self) -> Generator[Any, None, T]:
         """``await f`` in asyncio, without blocking the loop; cancelling the awaiting task cancels a still
         pending future."""
-        return asyncio.wrap_future(self).__await__()  # type: ignore[arg-type]
+        return asyncio.wrap_future(self).__await__()
 
     def then(self, fn: Callable[[T], Any], on_error: Callable[[BaseException], Any] | None = None
              ) -> Future[Any]:
@@ -193,7 +194,7 @@ def gather(*fs: cf.Future[Any]) -> Future[list[Any]]:
         if not isinstance(f, cf.Future):
             raise TypeError(f"gather() argument {i} must be a future, not {type(f).__name__}")
     for i, f in enumerate(fs):
-        f.add_done_callback(lambda f, i=i: on_done(i, f))
+        f.add_done_callback(functools.partial(on_done, i))
     return out
 
 

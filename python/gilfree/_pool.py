@@ -12,7 +12,7 @@ import itertools
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _core
 from ._channel import Channel
@@ -43,7 +43,7 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
     return [fn(*args) for args in chunk]
 
 
-class ThreadPool(_core.Pool, cf.Executor):  # type: ignore[misc]
+class ThreadPool(_core.Pool, cf.Executor):
     """A fixed set of native worker threads; a drop-in concurrent.futures.Executor.
 
     ``ThreadPool(max_workers=None, *, queue_size=0, thread_name_prefix="gilfree", initializer=None,
@@ -61,6 +61,10 @@ class ThreadPool(_core.Pool, cf.Executor):  # type: ignore[misc]
             if not _exit_hook_installed:
                 threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
                 _exit_hook_installed = True
+
+    if TYPE_CHECKING:
+        # At run time submit is the C method of _core.Pool; this is its type.
+        def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]: ...
 
     def __repr__(self) -> str:
         return f"<gilfree.ThreadPool max_workers={self.max_workers} queue_size={self.queue_size}>"
