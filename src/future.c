@@ -608,6 +608,7 @@ static PyMethodDef future_methods[] = {
      "add_done_callback(fn)\n--\n\nCall fn(future) once done (now, if it is); an exception it raises is "
      "logged and the other callbacks still run."},
     {"_enable_compat", future_enable_compat, METH_NOARGS, NULL},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
