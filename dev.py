@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """gilfree's one development entry point. Needs only Python 3.11+ and a C compiler.
 
-    python3 dev.py bench                      set up, then run the main job (the benchmark)
+    python3 dev.py bench                      set up, then run the main job (the benchmarks)
     python3 dev.py test                       set up, build with -Werror, run every test
     python3 dev.py test --sanitize address    the same under ASan+UBSan
     python3 dev.py test --sanitize thread     the same under TSan
@@ -120,9 +120,14 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     vpython = venv(python, itag, BENCH_REQUIREMENTS)
     lib = build(vpython, tag, None)
     env = test_env(lib, None)
-    cmd = [vpython, str(ROOT / "benchmarks" / "bench_channel.py"), *extra]
-    print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    status = 0
+    for name in ("bench_channel", "bench_pool"):
+        cmd = [vpython, str(ROOT / "benchmarks" / f"{name}.py"), "--json", f"bench-results/{name}.json",
+               *extra]
+        print("+", " ".join(cmd), flush=True)
+        status = status or subprocess.run(cmd, env=env, cwd=ROOT).returncode
+        print(flush=True)
+    return status
 
 
 def main() -> int:

@@ -499,7 +499,29 @@ static PyObject *
 future_get_pool(PyObject *self, void *Py_UNUSED(closure))
 {
     FutureObject *f = FUTURE_CAST(self);
-    return Py_NewRef(f->pool ? f->pool : Py_None);
+    pthread_mutex_lock(&f->lock);
+    PyObject *pool = Py_NewRef(f->pool ? f->pool : Py_None);
+    pthread_mutex_unlock(&f->lock);
+    return pool;
+}
+
+static int
+future_set_pool(PyObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    FutureObject *f = FUTURE_CAST(self);
+    if (value == NULL || value == Py_None) {
+        value = NULL;
+    }
+    else if (!PyObject_TypeCheck(value, f->st->pool_type)) {
+        PyErr_SetString(PyExc_TypeError, "_pool must be a gilfree pool or None");
+        return -1;
+    }
+    pthread_mutex_lock(&f->lock);
+    PyObject *old = f->pool;
+    f->pool = Py_XNewRef(value);
+    pthread_mutex_unlock(&f->lock);
+    Py_XDECREF(old);
+    return 0;
 }
 
 static PyObject *
@@ -614,7 +636,7 @@ static PyMethodDef future_methods[] = {
 
 static PyGetSetDef future_getset[] = {
     {"_state", future_get_state, NULL, "The concurrent.futures state name.", NULL},
-    {"_pool", future_get_pool, NULL, "The pool the work runs on, or None.", NULL},
+    {"_pool", future_get_pool, future_set_pool, "The pool continuations (then) run on, or None.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -338,3 +338,18 @@ def test_ctrl_c_during_result() -> None:
         line = proc.stdout.readline().split()
         assert line[0] == "interrupted" and float(line[1]) - t0 < 0.5
         assert proc.wait(10) == 0
+
+
+def test_long_then_chains_on_a_pool_and_standalone() -> None:
+    with gilfree.ThreadPool(2) as pool:
+        f = pool.submit(lambda: 0)
+        for _ in range(2000):
+            f = f.then(lambda v: v + 1)
+        assert f.result(timeout=30) == 2000
+        assert f._pool is pool
+    g: Future[int] = Future()
+    h: Future[int] = g
+    for _ in range(5000):  # completes inline, iteratively (no RecursionError)
+        h = h.then(lambda v: v + 1)
+    g.set_result(0)
+    assert h.result(timeout=5) == 5000

@@ -487,3 +487,11 @@ def test_fork_with_a_live_pool() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_each_worker_keeps_one_thread_for_its_life() -> None:
+    with ThreadPool(3) as pool:
+        idents = {pool.submit(threading.get_ident).result(timeout=5) for _ in range(300)}
+        fs = [pool.submit(threading.get_ident) for _ in range(300)]
+        idents |= {f.result(timeout=5) for f in fs}
+    assert 1 <= len(idents) <= 3 and threading.get_ident() not in idents

@@ -75,8 +75,7 @@ class Future(Generic[_T]):
     def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
     def _enable_compat(self) -> str: ...
     _state: str  # read-only at run time
-    @property
-    def _pool(self) -> Pool | None: ...
+    _pool: Pool | None
 
 class Pool:
     def __init__(

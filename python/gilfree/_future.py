@@ -93,6 +93,7 @@ class Future(_core.Future[T], cf.Future[T]):
         cancellation, pass down the chain."""
         nxt: Future[Any] = Future()
         pool = self._pool
+        nxt._pool = pool  # the chain goes on on the same pool
 
         def settle_from(src: cf.Future[Any]) -> None:
             if src.cancelled():
@@ -130,10 +131,28 @@ class Future(_core.Future[T], cf.Future[T]):
                     return
                 except RuntimeError:  # the pool shut down meanwhile: continue here
                     pass
-            step()
+            _run_inline(step)
 
         self.add_done_callback(on_done)
         return nxt
+
+
+_inline = threading.local()
+
+
+def _run_inline(step: Callable[[], None]) -> None:
+    """Run a continuation in this thread. A long chain of inline continuations completes each other
+    from inside their callbacks; a trampoline keeps that iterative instead of recursing."""
+    queue: list[Callable[[], None]] | None = getattr(_inline, "queue", None)
+    if queue is not None:
+        queue.append(step)
+        return
+    _inline.queue = queue = [step]
+    try:
+        while queue:
+            queue.pop(0)()
+    finally:
+        _inline.queue = None
 
 
 def _set_result_once(f: cf.Future[Any], value: Any) -> None:
