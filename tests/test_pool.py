@@ -495,3 +495,46 @@ def test_each_worker_keeps_one_thread_for_its_life() -> None:
         fs = [pool.submit(threading.get_ident) for _ in range(300)]
         idents |= {f.result(timeout=5) for f in fs}
     assert 1 <= len(idents) <= 3 and threading.get_ident() not in idents
+
+
+def test_task_arguments_are_released_after_the_task() -> None:
+    """From CPython's test_free_reference: the executor keeps no reference to a finished task's data."""
+    import gc
+    import weakref
+
+    class Obj:
+        pass
+
+    with ThreadPool(2) as pool:
+        for _ in range(20):
+            obj = Obj()
+            wr = weakref.ref(obj)
+            pool.submit(id, obj).result(timeout=5)
+            del obj
+            gc.collect()
+            wait_until(lambda: wr() is None)
+
+
+def test_wait_and_as_completed_timeouts() -> None:
+    gate = threading.Event()
+    with ThreadPool(2) as pool:
+        slow = pool.submit(gate.wait, 10)
+        quick = pool.submit(lambda: 1)
+        done, not_done = cf.wait([slow, quick], timeout=0.1)
+        assert done == {quick} and not_done == {slow}
+        with pytest.raises(TimeoutError):
+            for _ in cf.as_completed([slow, quick], timeout=0.1):
+                pass
+        gate.set()
+
+
+def test_cancel_pending_future_then_it_never_runs() -> None:
+    ran: list[int] = []
+    gate = threading.Event()
+    with ThreadPool(1) as pool:
+        blocker = pool.submit(gate.wait, 10)
+        wait_until(blocker.running)
+        f = pool.submit(ran.append, 1)
+        assert f.cancel() and f.cancelled()
+        gate.set()
+    assert ran == [] and pool.stats()["cancelled"] == 1
