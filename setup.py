@@ -11,7 +11,8 @@ import sys
 
 from setuptools import Extension, setup
 
-SOURCES = ["src/module.c", "src/park.c", "src/channel.c", "src/select.c", "src/future.c", "src/pool.c"]
+SOURCES = ["src/module.c", "src/park.c", "src/channel.c", "src/select.c", "src/future.c", "src/pool.c",
+           "src/parallel.c", "src/kernels.c"]
 
 compile_args = ["-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"]
 link_args = []
@@ -47,7 +48,7 @@ setup(
         Extension(
             "gilfree._core",
             sources=SOURCES,
-            depends=["src/gilfree.h", "src/park.h", "src/channel.h", "src/future.h"],
+            depends=["src/gilfree.h", "src/park.h", "src/channel.h", "src/future.h", "src/parallel.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

@@ -23,6 +23,7 @@ typedef struct gf_state {
     PyObject *CancelledError;     /* concurrent.futures.CancelledError */
     PyObject *BrokenThreadPool;   /* concurrent.futures.thread.BrokenThreadPool */
     PyObject *log_callback_error; /* logs a done callback's exception: f(future, exc) */
+    PyObject *KernelError;        /* exception: a native kernel returned a nonzero code */
     PyObject *ChannelClosed;      /* exception: the channel is closed */
     PyObject *WouldBlock;         /* exception: a *_nowait call could not proceed */
     PyObject *Cancelled;          /* exception: the work was cancelled (Context.err(), pool teardown) */

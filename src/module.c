@@ -6,6 +6,7 @@
  */
 #include "gilfree.h"
 #include "park.h"
+#include "parallel.h"
 
 #include <structmember.h>
 
@@ -143,7 +144,8 @@ core_exec(PyObject *module)
         return -1;
     }
     if (gf_channel_setup(module, st) < 0 || gf_select_setup(module, st) < 0 ||
-        gf_future_setup(module, st) < 0 || gf_pool_setup(module, st) < 0) {
+        gf_future_setup(module, st) < 0 || gf_pool_setup(module, st) < 0 ||
+        gf_parallel_setup(module, st) < 0 || gf_kernels_setup(module, st) < 0) {
         return -1;
     }
     return 0;
@@ -168,6 +170,7 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->BrokenThreadPool);
     Py_VISIT(st->log_callback_error);
+    Py_VISIT(st->KernelError);
     return 0;
 }
 
@@ -190,6 +193,7 @@ core_clear(PyObject *module)
     Py_CLEAR(st->CancelledError);
     Py_CLEAR(st->BrokenThreadPool);
     Py_CLEAR(st->log_callback_error);
+    Py_CLEAR(st->KernelError);
     return 0;
 }
 

@@ -20,6 +20,7 @@
  *   - alive counts workers that have not yet released their thread state.
  */
 #include "future.h"
+#include "parallel.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -27,6 +28,7 @@
 
 typedef struct gf_task {
     struct gf_task *next;
+    gf_job *job;                  /* a parallel_for helper (owned reference); then nothing below is set */
     PyObject *fn, *args, *kwargs; /* owned; kwargs may be NULL */
     FutureObject *fut;            /* owned */
     PyObject *ctx;                /* owned: the submitter's contextvars context, copied */
@@ -102,11 +104,14 @@ poolcore_forked(gf_poolcore *p)
 static void
 task_free(gf_task *t)
 {
-    Py_DECREF(t->fn);
-    Py_DECREF(t->args);
+    if (t->job != NULL) {
+        gf_job_decref(t->job);
+    }
+    Py_XDECREF(t->fn);
+    Py_XDECREF(t->args);
     Py_XDECREF(t->kwargs);
-    Py_DECREF(t->fut);
-    Py_DECREF(t->ctx);
+    Py_XDECREF(t->fut);
+    Py_XDECREF(t->ctx);
     PyMem_RawFree(t);
 }
 
@@ -114,6 +119,10 @@ task_free(gf_task *t)
 static void
 task_cancel(gf_task *t, PyObject *exc)
 {
+    if (t->job != NULL) {
+        task_free(t); /* a helper that never ran: the caller does the chunks itself */
+        return;
+    }
     if (exc != NULL) {
         if (gf_future_set_running_or_notify_cancel(t->fut) == 1) {
             (void)gf_future_finish(t->fut, NULL, exc);
@@ -198,6 +207,17 @@ next_task(gf_poolcore *p)
 static void
 run_task(gf_poolcore *p, gf_task *t)
 {
+    if (t->job != NULL) { /* a parallel_for helper: kernels run with no thread state attached */
+        gf_job *j = t->job;
+        Py_BEGIN_ALLOW_THREADS
+        gf_job_work(j);
+        Py_END_ALLOW_THREADS
+        task_free(t);
+        pthread_mutex_lock(&p->lock);
+        p->running--;
+        pthread_mutex_unlock(&p->lock);
+        return;
+    }
     int outcome; /* 0 completed, 1 failed, 2 cancelled */
     int r = gf_future_set_running_or_notify_cancel(t->fut);
     if (r == 1) {
@@ -483,6 +503,55 @@ static int
 pool_init(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     return 0; /* everything happened in __new__ */
+}
+
+/* ---- parallel_for helpers ------------------------------------------------------------------------ */
+
+int
+gf_pool_stopped(PyObject *pool)
+{
+    gf_poolcore *p = POOL_CAST(pool)->p;
+    if (p == NULL || poolcore_forked(p)) {
+        return 1;
+    }
+    pthread_mutex_lock(&p->lock);
+    int stopped = p->shutdown || p->broken || p->alive == 0;
+    pthread_mutex_unlock(&p->lock);
+    return stopped;
+}
+
+int
+gf_pool_post_helpers(PyObject *pool, gf_job *j, int count)
+{
+    gf_poolcore *p = POOL_CAST(pool)->p;
+    if (p == NULL || poolcore_forked(p)) {
+        return 0;
+    }
+    int posted = 0;
+    pthread_mutex_lock(&p->lock);
+    for (; posted < count && !p->shutdown && !p->broken; posted++) {
+        gf_task *t = PyMem_RawCalloc(1, sizeof(gf_task)); /* raw: no Python, safe under our lock */
+        if (t == NULL) {
+            break;
+        }
+        atomic_fetch_add(&j->refs, 1);
+        t->job = j;
+        if (p->tail) {
+            p->tail->next = t;
+        }
+        else {
+            p->head = t;
+        }
+        p->tail = t;
+        p->queued++; /* helpers ignore queue_size: they never block the caller */
+    }
+    int wake = p->idle - p->signalled;
+    for (int k = 0; k < wake && k < posted; k++) {
+        p->signalled++;
+        pthread_cond_signal(&p->work_cv);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return posted;
 }
 
 /* ---- submit ---------------------------------------------------------------------------------------- */

@@ -10,8 +10,10 @@ from ._channel import Channel
 from ._context import Cancelled, Context, DeadlineExceeded
 from ._core import CLOSED, ChannelClosed, WouldBlock, default, select
 from ._future import Future, as_completed, first, gather, wait
+from ._parallel import KernelError, gil_enabled, parallel_for
 from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
+from . import kernels, reference  # noqa: E402  (after the pool: kernels use it)
 
 __version__ = "0.1.0"
 
@@ -23,14 +25,18 @@ __all__ = [
     "Context",
     "DeadlineExceeded",
     "Future",
+    "KernelError",
     "ThreadPool",
     "Ticker",
     "WouldBlock",
     "after",
     "as_completed",
     "default",
+    "kernels",
     "first",
+    "parallel_for",
     "gather",
+    "gil_enabled",
     "select",
     "tick",
     "wait",

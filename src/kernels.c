@@ -1,0 +1,436 @@
+/* kernels.c — gilfree.kernels: built-in native kernels, each run by parallel_for on the pool with the
+ * GIL released for the whole run. Each has a pure-Python twin in gilfree.reference with the same
+ * signature; the tests compare the two.
+ *
+ * Invariants: a kernel touches only its argument struct and the memory it names (never a PyObject);
+ * chunking never changes a result: per-chunk partial results are combined in chunk order, and the Monte
+ * Carlo streams are per fixed-size block, so any worker count gives the same answer.
+ */
+#include "parallel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- count_primes ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t lo;
+    atomic_llong count;
+} primes_arg;
+
+static int
+is_prime(int64_t x)
+{
+    if (x < 2) {
+        return 0;
+    }
+    if (x < 4) {
+        return 1;
+    }
+    if (x % 2 == 0) {
+        return 0;
+    }
+    for (int64_t d = 3; d * d <= x; d += 2) {
+        if (x % d == 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int
+primes_kernel(int64_t begin, int64_t end, void *argp)
+{
+    primes_arg *a = argp;
+    long long c = 0;
+    for (int64_t i = begin; i < end; i++) {
+        c += is_prime(a->lo + i);
+    }
+    atomic_fetch_add(&a->count, c);
+    return 0;
+}
+
+/* ---- mandelbrot ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int64_t width, height;
+    int max_iter;
+    double x, y, w, h;
+    uint16_t *out;
+} mandel_arg;
+
+static int
+mandel_kernel(int64_t begin, int64_t end, void *argp)
+{
+    mandel_arg *a = argp;
+    for (int64_t row = begin; row < end; row++) {
+        double ci = a->y + a->h * (double)row / (double)a->height;
+        uint16_t *line = a->out + row * a->width;
+        for (int64_t col = 0; col < a->width; col++) {
+            double cr = a->x + a->w * (double)col / (double)a->width;
+            double zr = 0.0, zi = 0.0;
+            int it = 0;
+            while (it < a->max_iter && zr * zr + zi * zi <= 4.0) {
+                double t = zr * zr - zi * zi + cr;
+                zi = 2.0 * zr * zi + ci;
+                zr = t;
+                it++;
+            }
+            line[col] = (uint16_t)it;
+        }
+    }
+    return 0;
+}
+
+/* ---- monte_carlo_pi --------------------------------------------------------------------------------- */
+
+#define MC_BLOCK 65536 /* samples per RNG stream: fixed, so the result never depends on the workers */
+
+typedef struct {
+    int64_t samples;
+    uint64_t seed;
+    atomic_llong hits;
+} mc_arg;
+
+static inline uint64_t
+splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int
+mc_kernel(int64_t begin, int64_t end, void *argp)
+{
+    mc_arg *a = argp;
+    long long hits = 0;
+    for (int64_t block = begin; block < end; block++) {
+        uint64_t s = a->seed * 0x100000001B3ull ^ (uint64_t)block * 0xD1B54A32D192ED03ull;
+        int64_t lo = block * MC_BLOCK, hi = lo + MC_BLOCK < a->samples ? lo + MC_BLOCK : a->samples;
+        for (int64_t i = lo; i < hi; i++) {
+            double x = (double)(splitmix64(&s) >> 11) * 0x1.0p-53;
+            double y = (double)(splitmix64(&s) >> 11) * 0x1.0p-53;
+            hits += x * x + y * y < 1.0;
+        }
+    }
+    atomic_fetch_add(&a->hits, hits);
+    return 0;
+}
+
+/* ---- sum_squares ------------------------------------------------------------------------------------ */
+
+#define SUM_BLOCK 65536 /* values per partial sum: fixed, partial sums added in order */
+
+typedef struct {
+    const double *data;
+    int64_t len;
+    double *partial; /* one per block */
+} sum_arg;
+
+static int
+sum_kernel(int64_t begin, int64_t end, void *argp)
+{
+    sum_arg *a = argp;
+    for (int64_t block = begin; block < end; block++) {
+        int64_t lo = block * SUM_BLOCK, hi = lo + SUM_BLOCK < a->len ? lo + SUM_BLOCK : a->len;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int64_t i = lo;
+        for (; i + 4 <= hi; i += 4) {
+            s0 += a->data[i] * a->data[i];
+            s1 += a->data[i + 1] * a->data[i + 1];
+            s2 += a->data[i + 2] * a->data[i + 2];
+            s3 += a->data[i + 3] * a->data[i + 3];
+        }
+        for (; i < hi; i++) {
+            s0 += a->data[i] * a->data[i];
+        }
+        a->partial[block] = (s0 + s1) + (s2 + s3);
+    }
+    return 0;
+}
+
+/* ---- sleep and read_files --------------------------------------------------------------------------- */
+
+typedef struct {
+    double seconds;
+} sleep_arg;
+
+static int
+sleep_kernel(int64_t begin, int64_t end, void *argp)
+{
+    sleep_arg *a = argp;
+    for (int64_t i = begin; i < end; i++) {
+        struct timespec ts = {.tv_sec = (time_t)a->seconds,
+                              .tv_nsec = (long)((a->seconds - (double)(time_t)a->seconds) * 1e9)};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
+    return 0;
+}
+
+typedef struct {
+    char **paths;
+    long long *sizes;
+    int *errnos;
+    size_t block;
+} read_arg;
+
+static int
+read_kernel(int64_t begin, int64_t end, void *argp)
+{
+    read_arg *a = argp;
+    char *buf = malloc(a->block);
+    if (buf == NULL) {
+        return ENOMEM;
+    }
+    int rc = 0;
+    for (int64_t i = begin; i < end && rc == 0; i++) {
+        int fd = open(a->paths[i], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            a->errnos[i] = errno;
+            rc = 1;
+            break;
+        }
+        long long total = 0;
+        for (;;) {
+            ssize_t r = read(fd, buf, a->block);
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r < 0) {
+                a->errnos[i] = errno;
+                rc = 1;
+                break;
+            }
+            if (r == 0) {
+                break;
+            }
+            total += r;
+        }
+        close(fd);
+        a->sizes[i] = total;
+    }
+    free(buf);
+    return rc;
+}
+
+/* ---- Python entry points ------------------------------------------------------------------------------ */
+
+/* Every entry point takes (…, workers, pool) resolved by the Python layer. */
+
+static PyObject *
+k_count_primes(PyObject *module, PyObject *args)
+{
+    long long lo, hi;
+    int workers;
+    PyObject *pool;
+    if (!PyArg_ParseTuple(args, "LLiO", &lo, &hi, &workers, &pool)) {
+        return NULL;
+    }
+    primes_arg a = {.lo = lo};
+    atomic_init(&a.count, 0);
+    if (hi > lo && gf_parallel_run(gf_get_state(module), pool, hi - lo, primes_kernel, &a, workers, 0) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLongLong(atomic_load(&a.count));
+}
+
+static PyObject *
+k_mandelbrot(PyObject *module, PyObject *args)
+{
+    long long width, height;
+    int max_iter, workers;
+    double x, y, w, h;
+    PyObject *out, *pool;
+    if (!PyArg_ParseTuple(args, "LLiddddOiO", &width, &height, &max_iter, &x, &y, &w, &h, &out, &workers,
+                          &pool)) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    if (view.len < width * height * 2) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_ValueError, "out must hold width*height uint16 values (%lld bytes), has %zd",
+                            width * height * 2, view.len);
+    }
+    mandel_arg a = {.width = width, .height = height, .max_iter = max_iter, .x = x, .y = y, .w = w, .h = h,
+                    .out = (uint16_t *)view.buf};
+    int rc = gf_parallel_run(gf_get_state(module), pool, height, mandel_kernel, &a, workers, 0);
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+k_monte_carlo_pi(PyObject *module, PyObject *args)
+{
+    long long samples;
+    unsigned long long seed;
+    int workers;
+    PyObject *pool;
+    if (!PyArg_ParseTuple(args, "LKiO", &samples, &seed, &workers, &pool)) {
+        return NULL;
+    }
+    mc_arg a = {.samples = samples, .seed = seed};
+    atomic_init(&a.hits, 0);
+    int64_t blocks = (samples + MC_BLOCK - 1) / MC_BLOCK;
+    if (gf_parallel_run(gf_get_state(module), pool, blocks, mc_kernel, &a, workers, 1) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(4.0 * (double)atomic_load(&a.hits) / (double)samples);
+}
+
+static PyObject *
+k_sum_squares(PyObject *module, PyObject *args)
+{
+    PyObject *buffer, *pool;
+    int workers;
+    if (!PyArg_ParseTuple(args, "OiO", &buffer, &workers, &pool)) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        return NULL;
+    }
+    /* float64 ('d'), or raw bytes ('B'/'b'/'c' or no format) read as float64 */
+    const char *fmt = view.format ? view.format : "B";
+    if (*fmt == '@' || *fmt == '=' || *fmt == '<') {
+        fmt++;
+    }
+    int is_double = strcmp(fmt, "d") == 0;
+    int is_bytes = strcmp(fmt, "B") == 0 || strcmp(fmt, "b") == 0 || strcmp(fmt, "c") == 0;
+    if ((!is_double && !is_bytes) || view.len % 8 != 0 || ((uintptr_t)view.buf % 8 != 0 && view.len)) {
+        PyBuffer_Release(&view);
+        return PyErr_Format(PyExc_TypeError,
+                            "buffer must be C-contiguous float64 data (format 'd', or bytes whose length is a "
+                            "multiple of 8, 8-byte aligned), got format %s, %zd bytes",
+                            view.format ? view.format : "B", view.len);
+    }
+    int64_t len = view.len / 8, blocks = (len + SUM_BLOCK - 1) / SUM_BLOCK;
+    double *partial = PyMem_RawCalloc(blocks ? (size_t)blocks : 1, sizeof(double));
+    if (partial == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    sum_arg a = {.data = (const double *)view.buf, .len = len, .partial = partial};
+    int rc = gf_parallel_run(gf_get_state(module), pool, blocks, sum_kernel, &a, workers, 1);
+    PyBuffer_Release(&view); /* held for the whole run, released before returning */
+    double total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        total += partial[b];
+    }
+    PyMem_RawFree(partial);
+    if (rc < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(total);
+}
+
+static PyObject *
+k_sleep(PyObject *module, PyObject *args)
+{
+    double seconds;
+    long long count;
+    int workers;
+    PyObject *pool;
+    if (!PyArg_ParseTuple(args, "dLiO", &seconds, &count, &workers, &pool)) {
+        return NULL;
+    }
+    sleep_arg a = {.seconds = seconds};
+    if (gf_parallel_run(gf_get_state(module), pool, count, sleep_kernel, &a, workers, 1) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+k_read_files(PyObject *module, PyObject *args)
+{
+    PyObject *paths, *pool;
+    long long block;
+    int workers;
+    if (!PyArg_ParseTuple(args, "OLiO", &paths, &block, &workers, &pool)) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Tuple(paths);
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject **encoded = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
+    read_arg a = {.paths = PyMem_RawCalloc(n ? (size_t)n : 1, sizeof(char *)),
+                  .sizes = PyMem_RawCalloc(n ? (size_t)n : 1, sizeof(long long)),
+                  .errnos = PyMem_RawCalloc(n ? (size_t)n : 1, sizeof(int)),
+                  .block = (size_t)block};
+    PyObject *result = NULL;
+    if (encoded == NULL || a.paths == NULL || a.sizes == NULL || a.errnos == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(seq, i), &encoded[i])) {
+            goto done;
+        }
+        a.paths[i] = PyBytes_AS_STRING(encoded[i]);
+    }
+    gf_state *st = gf_get_state(module);
+    if (gf_parallel_run(st, pool, n, read_kernel, &a, workers, 1) < 0) {
+        if (PyErr_ExceptionMatches(st->KernelError)) { /* a file failed: say which, as OSError */
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (a.errnos[i] != 0) {
+                    PyErr_Clear();
+                    errno = a.errnos[i];
+                    PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GET_ITEM(seq, i));
+                    break;
+                }
+            }
+        }
+        goto done;
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        PyObject *v = PyLong_FromLongLong(a.sizes[i]);
+        if (v == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, v);
+    }
+done:
+    for (Py_ssize_t i = 0; encoded != NULL && i < n; i++) {
+        Py_XDECREF(encoded[i]);
+    }
+    PyMem_Free(encoded);
+    PyMem_RawFree(a.paths);
+    PyMem_RawFree(a.sizes);
+    PyMem_RawFree(a.errnos);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyMethodDef kernel_methods[] = {
+    {"_count_primes", k_count_primes, METH_VARARGS, NULL},
+    {"_mandelbrot", k_mandelbrot, METH_VARARGS, NULL},
+    {"_monte_carlo_pi", k_monte_carlo_pi, METH_VARARGS, NULL},
+    {"_sum_squares", k_sum_squares, METH_VARARGS, NULL},
+    {"_sleep", k_sleep, METH_VARARGS, NULL},
+    {"_read_files", k_read_files, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+gf_kernels_setup(PyObject *module, gf_state *Py_UNUSED(st))
+{
+    return PyModule_AddFunctions(module, kernel_methods);
+}
