@@ -23,7 +23,7 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "setuptools>=77"]
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "cffi>=1.15", "numpy", "setuptools>=77"]
 BENCH_REQUIREMENTS = ["setuptools>=77"]
 
 

@@ -61,7 +61,7 @@ def _kernel_address(kernel: Any) -> int:
     elif isinstance(kernel, ctypes._CFuncPtr):  # type: ignore[attr-defined]
         address = ctypes.cast(kernel, ctypes.c_void_p).value or 0
     elif type(kernel).__module__ == "_cffi_backend":
-        import cffi  # only when a cffi object is given
+        import cffi  # type: ignore[import-untyped,unused-ignore]  # only for a cffi object
 
         address = int(cffi.FFI().cast("uintptr_t", kernel))
     elif isinstance(getattr(kernel, "address", None), int):
@@ -83,11 +83,11 @@ def _arg_address(arg: Any) -> int:
         if arg < 0 or arg >= 1 << 64:
             raise ValueError(f"arg address out of range: {arg}")
         return arg
-    if isinstance(arg, ctypes._Pointer):  # type: ignore[attr-defined]
+    if isinstance(arg, ctypes._Pointer):
         return ctypes.cast(arg, ctypes.c_void_p).value or 0
     if isinstance(arg, ctypes.c_void_p):
         return arg.value or 0
-    if isinstance(arg, (ctypes._SimpleCData, ctypes.Structure, ctypes.Union, ctypes.Array)):  # type: ignore[attr-defined]
+    if isinstance(arg, (ctypes._SimpleCData, ctypes.Structure, ctypes.Union, ctypes.Array)):
         return ctypes.addressof(arg)
     raise TypeError(f"arg must be an int address, a ctypes pointer or object, or None, not {type(arg).__name__}")
 

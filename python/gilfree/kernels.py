@@ -43,7 +43,20 @@ def mandelbrot(width: int, height: int, max_iter: int, *, x: float = -2.0, y: fl
     for name, v in (("x", x), ("y", y), ("w", w), ("h", h)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number")
-    result = bytearray(width * height * 2) if out is None else out
+    if out is None:
+        result: Any = bytearray(width * height * 2)
+    else:
+        try:
+            view = memoryview(out)
+        except TypeError:
+            raise TypeError(f"out must be a writable buffer, not {type(out).__name__}") from None
+        with view:
+            if view.readonly or not view.c_contiguous:
+                raise TypeError("out must be a writable C-contiguous buffer")
+            if view.nbytes < width * height * 2:
+                raise ValueError(f"out must hold width*height uint16 values ({width * height * 2} bytes), "
+                                 f"has {view.nbytes}")
+        result = out
     p = _pool(pool)
     _core._mandelbrot(width, height, max_iter, float(x), float(y), float(w), float(h), result,
                       _workers(workers, p), p)
