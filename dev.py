@@ -121,7 +121,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     lib = build(vpython, tag, None)
     env = test_env(lib, None)
     status = 0
-    for name in ("bench_channel", "bench_pool"):
+    for name in ("bench_channel", "bench_pool", "bench_native"):
         cmd = [vpython, str(ROOT / "benchmarks" / f"{name}.py"), "--json", f"bench-results/{name}.json",
                *extra]
         print("+", " ".join(cmd), flush=True)
