@@ -69,14 +69,8 @@ job_new(int64_t n, int64_t grain, gf_kernel_fn fn, void *arg)
     if (j == NULL) {
         return NULL;
     }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-#if !defined(__APPLE__)
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-#endif
     pthread_mutex_init(&j->mu, NULL);
-    pthread_cond_init(&j->cv, &attr);
-    pthread_condattr_destroy(&attr);
+    gf_cond_init_monotonic(&j->cv);
     atomic_init(&j->refs, 1);
     atomic_init(&j->next, 0);
     atomic_init(&j->stop, 0);
@@ -92,12 +86,7 @@ static int
 job_wait_slice(gf_job *j)
 {
     struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_nsec += GF_SIGNAL_POLL_NS;
-    if (until.tv_nsec >= 1000000000) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000;
-    }
+    gf_monotonic_after(&until, GF_SIGNAL_POLL_NS);
     pthread_mutex_lock(&j->mu);
     int over = handout_over(j) && j->active == 0;
     if (!over) {

@@ -48,6 +48,29 @@ ts_before(const struct timespec *a, const struct timespec *b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
+void
+gf_monotonic_after(struct timespec *ts, int64_t ns)
+{
+    now_monotonic(ts);
+    ts_add_ns(ts, ns);
+}
+
+int
+gf_cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    int rc = pthread_condattr_init(&attr);
+    if (rc != 0) {
+        return rc;
+    }
+#if !defined(__APPLE__)
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+#endif
+    rc = pthread_cond_init(cv, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc;
+}
+
 int
 gf_deadline_from_timeout(PyObject *timeout, gf_deadline *out, const char *name)
 {
@@ -114,17 +137,7 @@ int
 gf_sel_init(gf_sel *s)
 {
     sel_reset(s);
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
-#if !defined(__APPLE__)
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-#endif
-    int rc = pthread_cond_init(&s->cv, &attr);
-    pthread_condattr_destroy(&attr);
-    if (rc != 0) {
+    if (gf_cond_init_monotonic(&s->cv) != 0) {
         PyErr_NoMemory();
         return -1;
     }

@@ -98,6 +98,10 @@ enum { GF_PARK_OK = 0, GF_PARK_TIMEOUT = 1, GF_PARK_CHECK_SIGNALS = 2 };
  * or NaN value, TypeError for a non-number; `name` is the argument's name in messages. -1 on error. */
 int gf_deadline_from_timeout(PyObject *timeout, gf_deadline *out, const char *name);
 int gf_deadline_passed(const gf_deadline *d);
+/* *ts = CLOCK_MONOTONIC now + ns. */
+void gf_monotonic_after(struct timespec *ts, int64_t ns);
+/* A condition variable whose timed waits use CLOCK_MONOTONIC. 0 or an errno. */
+int gf_cond_init_monotonic(pthread_cond_t *cv);
 
 /* --- gf_sel ----------------------------------------------------------------------------------------- */
 

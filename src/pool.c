@@ -68,15 +68,9 @@ poolcore_new(Py_ssize_t queue_size)
     if (p == NULL) {
         return NULL;
     }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-#if !defined(__APPLE__)
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-#endif
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->work_cv, &attr);
-    pthread_cond_init(&p->exit_cv, &attr);
-    pthread_condattr_destroy(&attr);
+    gf_cond_init_monotonic(&p->work_cv);
+    gf_cond_init_monotonic(&p->exit_cv);
     atomic_init(&p->refs, 1);
     atomic_init(&p->exiting, 0);
     p->queue_size = queue_size;
@@ -706,12 +700,7 @@ wait_for_workers(PoolObject *self, int keep)
         int alive;
         Py_BEGIN_ALLOW_THREADS
         struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += GF_SIGNAL_POLL_NS;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
+        gf_monotonic_after(&until, GF_SIGNAL_POLL_NS);
         pthread_mutex_lock(&p->lock);
         if (p->alive > keep) {
             pthread_cond_timedwait(&p->exit_cv, &p->lock, &until);
