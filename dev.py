@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """gilfree's one development entry point. Needs only Python 3.11+ and a C compiler.
 
-    python3 dev.py bench                      set up, then run the main job (the benchmarks)
+    python3 dev.py bench                      set up, then run the main job: python -m gilfree.bench
+    python3 dev.py bench --components         the per-feature benchmarks of benchmarks/
     python3 dev.py test                       set up, build with -Werror, run every test
     python3 dev.py test --sanitize address    the same under ASan+UBSan
     python3 dev.py test --sanitize thread     the same under TSan
@@ -23,8 +24,9 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "cffi>=1.15", "numpy", "setuptools>=77"]
-BENCH_REQUIREMENTS = ["setuptools>=77"]
+TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "cffi>=1.15", "numpy", "matplotlib",
+                     "jsonschema", "nbclient", "nbformat", "ipykernel", "setuptools>=77"]
+BENCH_REQUIREMENTS = ["setuptools>=77", "matplotlib"]
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> None:
@@ -120,13 +122,22 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     vpython = venv(python, itag, BENCH_REQUIREMENTS)
     lib = build(vpython, tag, None)
     env = test_env(lib, None)
-    status = 0
-    for name in ("bench_channel", "bench_pool", "bench_native"):
-        cmd = [vpython, str(ROOT / "benchmarks" / f"{name}.py"), "--json", f"bench-results/{name}.json",
-               *extra]
-        print("+", " ".join(cmd), flush=True)
-        status = status or subprocess.run(cmd, env=env, cwd=ROOT).returncode
-        print(flush=True)
+    os.makedirs(ROOT / "bench-results", exist_ok=True)
+    if args.components:  # the per-feature benchmarks of benchmarks/
+        status = 0
+        for name in ("bench_channel", "bench_pool", "bench_native"):
+            cmd = [vpython, str(ROOT / "benchmarks" / f"{name}.py"), "--json", f"bench-results/{name}.json",
+                   *extra]
+            print("+", " ".join(cmd), flush=True)
+            status = status or subprocess.run(cmd, env=env, cwd=ROOT).returncode
+            print(flush=True)
+        return status
+    cmd = [vpython, "-m", "gilfree.bench", "--json", "bench-results/gil_effects.json", "--csv",
+           "bench-results/gil_effects.csv", "--plot", "bench-results/gil_effects.png", *extra]
+    print("+", " ".join(cmd), flush=True)
+    status = subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    if status == 0:
+        print("table, JSON, CSV and plot: bench-results/gil_effects.{json,csv,png}")
     return status
 
 
@@ -143,6 +154,8 @@ def main() -> int:
     t.add_argument("--sanitize", choices=["address", "thread"], help="build and run under a sanitizer")
     b = sub.add_parser("bench", help="build and run the benchmark (the main job)")
     b.add_argument("--python", help="interpreter to benchmark with (default: this one)")
+    b.add_argument("--components", action="store_true",
+                   help="run the per-feature benchmarks (channel, pool, native) instead of gilfree.bench")
     args = parser.parse_args(argv)
     if sys.version_info < (3, 11) and not args.python:
         raise SystemExit("gilfree needs Python 3.11 or newer")

@@ -40,7 +40,7 @@ from ._channel import Channel
 from ._parallel import gil_enabled, parallel_for
 from ._pool import ThreadPool
 
-__all__ = ["EXECUTORS", "JSON_SCHEMA", "Report", "SCENARIOS", "main", "run"]
+__all__ = ["EXECUTORS", "FULL", "JSON_SCHEMA", "QUICK", "Report", "SCENARIOS", "TINY", "main", "run"]
 
 EXECUTORS = ["serial", "threading", "multiprocessing", "gilfree", "native"]
 SCENARIOS = ["cpu_python", "cpu_native", "io_sleep", "io_files", "mixed"]
@@ -97,6 +97,8 @@ class Sizes:
 
 QUICK = Sizes(py_primes=40_000, native_primes=1_500_000, sleeps=16, sleep_s=0.004, files=16, file_kib=256,
               messages=20_000, dispatch=2_000, repeat=5)
+TINY = Sizes(py_primes=3_000, native_primes=60_000, sleeps=4, sleep_s=0.001, files=4, file_kib=8,
+             messages=500, dispatch=100, repeat=2)  # smoke tests and the notebook's test run
 FULL = Sizes(py_primes=200_000, native_primes=8_000_000, sleeps=64, sleep_s=0.005, files=64, file_kib=2048,
              messages=200_000, dispatch=20_000, repeat=9)
 
@@ -647,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--csv", metavar="PATH", help="write the cells as CSV")
     ap.add_argument("--plot", metavar="PATH.png", help="write the speedup and convoy plots (needs matplotlib)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds; figures meaningless)")
     args = ap.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         ap.error("--repeat must be >= 1")
@@ -656,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             ap.error("--plot needs matplotlib: pip install 'gilfree[bench]'")
     report = run(args.scenario, args.workers, full=args.full, repeat=args.repeat,
-                 progress=not args.no_progress and sys.stderr.isatty())
+                 progress=not args.no_progress and sys.stderr.isatty(), sizes=TINY if args.tiny else None)
     print(report.table())
     if args.json:
         report.to_json(args.json)
