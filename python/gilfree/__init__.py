@@ -13,6 +13,7 @@ from ._future import Future, as_completed, first, gather, wait
 from ._parallel import KernelError, gil_enabled, parallel_for
 from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
+from .pipeline import Pipeline, broadcast, merge
 from . import kernels, reference  # noqa: E402  (after the pool: kernels use it)
 
 __version__ = "0.1.0"
@@ -26,13 +27,16 @@ __all__ = [
     "DeadlineExceeded",
     "Future",
     "KernelError",
+    "Pipeline",
     "ThreadPool",
     "Ticker",
     "WouldBlock",
     "after",
+    "broadcast",
     "as_completed",
     "default",
     "kernels",
+    "merge",
     "first",
     "parallel_for",
     "gather",
