@@ -13,12 +13,16 @@ from ._future import Future, as_completed, first, gather, wait
 from ._parallel import KernelError, gil_enabled, parallel_for
 from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
+from .actor import Actor, ActorRef, ActorStopped, Supervisor
 from .pipeline import Pipeline, broadcast, merge
 from . import kernels, reference  # noqa: E402  (after the pool: kernels use it)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Actor",
+    "ActorRef",
+    "ActorStopped",
     "CLOSED",
     "Cancelled",
     "Channel",
@@ -28,6 +32,7 @@ __all__ = [
     "Future",
     "KernelError",
     "Pipeline",
+    "Supervisor",
     "ThreadPool",
     "Ticker",
     "WouldBlock",
