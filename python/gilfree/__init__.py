@@ -15,7 +15,7 @@ from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
 from .actor import Actor, ActorRef, ActorStopped, Supervisor
 from .pipeline import Pipeline, broadcast, merge
-from . import kernels, reference  # noqa: E402  (after the pool: kernels use it)
+from . import kernels, reference, rx  # noqa: E402  (after the pool: kernels use it)
 
 __version__ = "0.1.0"
 
