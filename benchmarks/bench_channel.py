@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import statistics
 import sys
@@ -201,18 +200,12 @@ def fmt(r: dict[str, float]) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()} "
-            f"({'GIL enabled' if gil else 'free-threaded, GIL disabled'}), {platform.system()}")
+    """One line describing this machine (gilfree.bench collects the facts)."""
+    from gilfree.bench import machine_info
+
+    m = machine_info()
+    gil = "GIL enabled" if m["gil_enabled"] else "free-threaded, GIL disabled"
+    return f"{m['cpu']}, {m['cpus']} CPUs, Python {m['python']} ({gil}), {m['platform']}"
 
 
 def main() -> int:
