@@ -46,8 +46,9 @@ def interpreter_tag(python: str) -> str:
 
 
 def venv(python: str, tag: str, requirements: list[str]) -> str:
-    """A virtualenv for this interpreter with the requirements installed; returns its python."""
-    path = ROOT / ".venv" / tag
+    """A virtualenv for this interpreter with the requirements installed; returns its python. They live in
+    .venv/ here, or under $GILFREE_VENV_DIR (CI points it outside the clone so runs reuse them)."""
+    path = Path(os.environ.get("GILFREE_VENV_DIR") or ROOT / ".venv") / tag
     vpython = path / "bin" / "python"
     stamp = path / ".requirements"
     have = set(stamp.read_text().split("\n")) if stamp.exists() else set()
