@@ -33,61 +33,36 @@ BATCH = 64
 # ---- scenarios: each returns seconds for `n` items (or round trips) --------------------------------------
 
 
-def spsc_channel(n: int) -> float:
-    ch: gilfree.Channel[int] = gilfree.Channel(CAPACITY)
-    send = ch.send
+def spsc(put: Callable[[int], object], get: Callable[[], object], n: int) -> float:
+    """Seconds for one producer thread to put n items and this thread to get them."""
 
     def produce() -> None:
         for i in range(n):
-            send(i)
+            put(i)
 
     t = threading.Thread(target=produce)
-    recv = ch.recv
     t0 = time.perf_counter()
     t.start()
     for _ in range(n):
-        recv()
+        get()
     dt = time.perf_counter() - t0
     t.join()
     return dt
+
+
+def spsc_channel(n: int) -> float:
+    ch: gilfree.Channel[int] = gilfree.Channel(CAPACITY)
+    return spsc(ch.send, ch.recv, n)
 
 
 def spsc_simplequeue(n: int) -> float:
     q: queue.SimpleQueue[int] = queue.SimpleQueue()
-    put = q.put
-
-    def produce() -> None:
-        for i in range(n):
-            put(i)
-
-    t = threading.Thread(target=produce)
-    get = q.get
-    t0 = time.perf_counter()
-    t.start()
-    for _ in range(n):
-        get()
-    dt = time.perf_counter() - t0
-    t.join()
-    return dt
+    return spsc(q.put, q.get, n)
 
 
 def spsc_queue(n: int) -> float:
     q: queue.Queue[int] = queue.Queue(maxsize=CAPACITY)
-    put = q.put
-
-    def produce() -> None:
-        for i in range(n):
-            put(i)
-
-    t = threading.Thread(target=produce)
-    get = q.get
-    t0 = time.perf_counter()
-    t.start()
-    for _ in range(n):
-        get()
-    dt = time.perf_counter() - t0
-    t.join()
-    return dt
+    return spsc(q.put, q.get, n)
 
 
 def batched_channel(n: int) -> float:

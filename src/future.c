@@ -321,21 +321,37 @@ raise_cancelled(FutureObject *f)
 
 static const char *const timeout_names[] = {"timeout"};
 
+/* The common part of result() and exception(): parse timeout, wait until done, snapshot. Returns the
+ * state (new references in *result and *exc), or -1 with an exception set (including CancelledError:
+ * both methods raise it for a cancelled future). */
+static int
+wait_and_snapshot(FutureObject *f, const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames, PyObject **result, PyObject **exc)
+{
+    PyObject *a[1] = {NULL};
+    if ((nargs || kwnames) && gf_parse_args(fname, args, nargs, kwnames, timeout_names, 0, 1, a) < 0) {
+        return -1;
+    }
+    if (future_wait_done(f, a[0]) < 0) {
+        return -1;
+    }
+    int state = snapshot(f, result, exc);
+    if (state != GF_FUT_FINISHED) {
+        Py_CLEAR(*result);
+        Py_CLEAR(*exc);
+        raise_cancelled(f);
+        return -1;
+    }
+    return state;
+}
+
 static PyObject *
 future_result(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     FutureObject *f = FUTURE_CAST(self);
-    PyObject *a[1] = {NULL};
-    if ((nargs || kwnames) && gf_parse_args("result", args, nargs, kwnames, timeout_names, 0, 1, a) < 0) {
-        return NULL;
-    }
-    if (future_wait_done(f, a[0]) < 0) {
-        return NULL;
-    }
     PyObject *result, *exc;
-    int state = snapshot(f, &result, &exc);
-    if (state != GF_FUT_FINISHED) {
-        return raise_cancelled(f);
+    if (wait_and_snapshot(f, "result", args, nargs, kwnames, &result, &exc) < 0) {
+        return NULL;
     }
     if (exc != NULL) {
         Py_XDECREF(result);
@@ -350,20 +366,11 @@ static PyObject *
 future_exception(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     FutureObject *f = FUTURE_CAST(self);
-    PyObject *a[1] = {NULL};
-    if ((nargs || kwnames) && gf_parse_args("exception", args, nargs, kwnames, timeout_names, 0, 1, a) < 0) {
-        return NULL;
-    }
-    if (future_wait_done(f, a[0]) < 0) {
-        return NULL;
-    }
     PyObject *result, *exc;
-    int state = snapshot(f, &result, &exc);
-    Py_XDECREF(result);
-    if (state != GF_FUT_FINISHED) {
-        Py_XDECREF(exc);
-        return raise_cancelled(f);
+    if (wait_and_snapshot(f, "exception", args, nargs, kwnames, &result, &exc) < 0) {
+        return NULL;
     }
+    Py_XDECREF(result);
     return exc != NULL ? exc : Py_NewRef(Py_None);
 }
 

@@ -154,12 +154,7 @@ class ThreadPool(_core.Pool, cf.Executor):
                     f = pending.popleft()
                     if end_time is None and not f.done():
                         run_inline(f)  # not started yet: run it here rather than wait for a worker
-                    try:
-                        value = f.result(None if end_time is None else max(0.0, end_time - time.monotonic()))
-                    except cf.CancelledError:
-                        if ctx is not None and ctx.err() is not None:
-                            raise ctx.err() from None
-                        raise
+                    value = _result(f, ctx, None if end_time is None else max(0.0, end_time - time.monotonic()))
                     if more:
                         more = self._fill(pending, submit_next, buffersize, ctx)
                     if chunked:
@@ -198,12 +193,7 @@ class ThreadPool(_core.Pool, cf.Executor):
                     except TimeoutError:
                         raise TimeoutError("map() did not produce a result in time") from None
                     in_flight.discard(f)
-                    try:
-                        value = f.result()
-                    except cf.CancelledError:
-                        if ctx is not None and ctx.err() is not None:
-                            raise ctx.err() from None
-                        raise
+                    value = _result(f, ctx)
                     if more:
                         room = buffersize - len(in_flight)
                         more = self._fill(pending, submit_next, room, ctx, on_submit)
@@ -220,6 +210,16 @@ class ThreadPool(_core.Pool, cf.Executor):
                 if cancel_hook is not None:
                     cancel_hook()
         return results()
+
+
+def _result(f: cf.Future[Any], ctx: Any, timeout: float | None = None) -> Any:
+    """f's result; a future cancelled because ctx ended raises ctx.err() instead of CancelledError."""
+    try:
+        return f.result(timeout)
+    except cf.CancelledError:
+        if ctx is not None and ctx.err() is not None:
+            raise ctx.err() from None
+        raise
 
 
 def _on_context_end(ctx: Any, futures: Any) -> Callable[[], None] | None:

@@ -428,37 +428,27 @@ def _messages(sz: Sizes, repeat: int) -> list[dict[str, Any]]:
     n = sz.messages
     rows = []
 
-    def chan() -> float:
-        ch: Channel[int] = Channel(1024)
-
+    def spsc(put: Callable[[int], object], get: Callable[[], object]) -> float:
         def produce() -> None:
             for i in range(n):
-                ch.send(i)
+                put(i)
 
         t = threading.Thread(target=produce)
         t0 = time.perf_counter()
         t.start()
         for _ in range(n):
-            ch.recv()
+            get()
         dt = time.perf_counter() - t0
         t.join()
         return dt
+
+    def chan() -> float:
+        ch: Channel[int] = Channel(1024)
+        return spsc(ch.send, ch.recv)
 
     def qq() -> float:
         q: queue.Queue[int] = queue.Queue(1024)
-
-        def produce() -> None:
-            for i in range(n):
-                q.put(i)
-
-        t = threading.Thread(target=produce)
-        t0 = time.perf_counter()
-        t.start()
-        for _ in range(n):
-            q.get()
-        dt = time.perf_counter() - t0
-        t.join()
-        return dt
+        return spsc(q.put, q.get)
 
     def mpq() -> float:
         q: Any = multiprocessing.Queue(1024)
