@@ -25,13 +25,16 @@
 
 /* ---- the ring buffer (under ch->lock) ----------------------------------------------------------- */
 
+/* An unbounded channel's ring (a bounded one never holds more than its capacity) never shrinks below this
+ * many slots; it shrinks to half once a quarter or less is in use (a
+ * drained burst gives its memory back; the gap between the two thresholds keeps a channel whose length
+ * hovers around a power of two from resizing at every operation). */
+#define RING_MIN 64
+
 static int
-ring_grow(ChannelObject *ch)
+ring_resize(ChannelObject *ch, Py_ssize_t newsize)
 {
-    Py_ssize_t newsize = ch->bufsize ? ch->bufsize * 2 : 8;
-    if (newsize > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(PyObject *)) {
-        return -1;
-    }
+    GF_ASSERT(newsize >= ch->count);
     PyObject **nb = (PyObject **)PyMem_RawMalloc((size_t)newsize * sizeof(PyObject *));
     if (nb == NULL) {
         return -1;
@@ -44,6 +47,16 @@ ring_grow(ChannelObject *ch)
     ch->bufsize = newsize;
     ch->head = 0;
     return 0;
+}
+
+static int
+ring_grow(ChannelObject *ch)
+{
+    Py_ssize_t newsize = ch->bufsize ? ch->bufsize * 2 : 8;
+    if (newsize > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(PyObject *)) {
+        return -1;
+    }
+    return ring_resize(ch, newsize);
 }
 
 static inline int
@@ -73,9 +86,13 @@ ring_push_front(ChannelObject *ch, PyObject *v)
 static inline PyObject *
 ring_pop(ChannelObject *ch)
 {
+    GF_ASSERT(ch->count > 0 && ch->count <= ch->bufsize);
     PyObject *v = ch->buf[ch->head];
     ch->head = (ch->head + 1) & (ch->bufsize - 1);
     ch->count--;
+    if (ch->capacity < 0 && ch->bufsize > RING_MIN && ch->count <= ch->bufsize / 4) {
+        (void)ring_resize(ch, ch->bufsize / 2); /* no memory: keep the larger ring */
+    }
     return v;
 }
 
@@ -192,9 +209,7 @@ raise_closed(gf_state *st, Py_ssize_t sent)
 static void
 annotate_sent(Py_ssize_t sent)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *value = gf_err_take();
     if (value != NULL) {
         PyObject *n = PyLong_FromSsize_t(sent);
         if (n == NULL || PyObject_SetAttrString(value, "sent", n) < 0) {
@@ -202,7 +217,7 @@ annotate_sent(Py_ssize_t sent)
         }
         Py_XDECREF(n);
     }
-    PyErr_Restore(type, value, tb);
+    gf_err_restore(value);
 }
 
 static PyObject *channel_send(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
@@ -495,18 +510,20 @@ send_batch(ChannelObject *ch, PyObject *const *items, Py_ssize_t n, const gf_dea
         gf_wakelist wl;
         gf_wakelist_init(&wl);
         int r = GF_OK;
+        PyObject *unsent = NULL;
         gf_chan_lock(ch);
         while (i < n) {
             PyObject *v = items[i];
             Py_INCREF(v);
             r = gf_chan_try_send(ch, v, &wl);
             if (r != GF_OK) {
-                Py_DECREF(v); /* cannot reach zero: the caller holds it */
+                unsent = v; /* released after unlocking: no Py_DECREF under a channel lock */
                 break;
             }
             i++;
         }
         gf_chan_unlock(ch);
+        Py_XDECREF(unsent);
         gf_wakelist_run(&wl);
         if (i == n) {
             break;
@@ -573,13 +590,21 @@ channel_send_many(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
         while (n < SEND_CHUNK && (v = PyIter_Next(it)) != NULL) {
             chunk[n++] = v;
         }
-        int iter_failed = PyErr_Occurred() != NULL;
-        Py_ssize_t k = iter_failed ? 0 : send_batch(ch, chunk, n, &d);
+        /* The iterator failed: deliver what it yielded before, as a loop of send() calls would, then raise
+         * its exception with .sent counting them (unless sending failed first). */
+        PyObject *iter_exc = gf_err_take();
+        Py_ssize_t k = send_batch(ch, chunk, n, &d);
         for (Py_ssize_t j = 0; j < n; j++) {
             Py_DECREF(chunk[j]);
         }
         sent += k;
-        if (iter_failed || k < n) {
+        if (k < n) {
+            Py_XDECREF(iter_exc);
+            Py_DECREF(it);
+            goto error;
+        }
+        if (iter_exc != NULL) {
+            gf_err_restore(iter_exc);
             Py_DECREF(it);
             goto error;
         }
@@ -613,19 +638,29 @@ take_available(ChannelObject *ch, PyObject *list, Py_ssize_t want)
         if (ngot > 0) {
             /* The references move into a new list; an empty result list takes that list's items. */
             PyObject *part = PyList_New(ngot);
-            if (part == NULL) {
+            if (part != NULL) {
                 for (Py_ssize_t k = 0; k < ngot; k++) {
-                    Py_DECREF(got[k]); /* only on MemoryError */
+                    PyList_SET_ITEM(part, k, Py_NewRef(got[k]));
                 }
-                return -1;
+                Py_ssize_t len = PyList_GET_SIZE(list);
+                int rc = PyList_SetSlice(list, len, len, part);
+                Py_DECREF(part);
+                if (rc < 0) {
+                    part = NULL; /* released above (with the extra references): fall through to the put-back */
+                }
+                else {
+                    for (Py_ssize_t k = 0; k < ngot; k++) {
+                        Py_DECREF(got[k]); /* the list holds them now */
+                    }
+                }
             }
-            for (Py_ssize_t k = 0; k < ngot; k++) {
-                PyList_SET_ITEM(part, k, got[k]);
-            }
-            Py_ssize_t len = PyList_GET_SIZE(list);
-            int rc = PyList_SetSlice(list, len, len, part);
-            Py_DECREF(part);
-            if (rc < 0) {
+            if (part == NULL) {
+                /* MemoryError: nothing taken in this round is dropped; it goes back in front, in order. */
+                for (Py_ssize_t k = ngot - 1; k >= 0; k--) {
+                    if (gf_chan_put_back(ch, got[k]) < 0) {
+                        Py_DECREF(got[k]); /* no memory even for that: cannot be kept */
+                    }
+                }
                 return -1;
             }
         }
@@ -669,6 +704,7 @@ channel_recv_many(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
     if (take_available(ch, list, max_items) < 0) {
         goto error;
     }
+    /* From here on the list holds values taken: an error gives them back (below), in order. */
     if (PyList_GET_SIZE(list) == 0) {
         /* Nothing there: wait for the first value only, then take whatever else has arrived. */
         int wouldblock;
@@ -676,14 +712,27 @@ channel_recv_many(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
         if (first == NULL) {
             goto error;
         }
-        int rc = PyList_Append(list, first);
+        if (PyList_Append(list, first) < 0) {
+            if (gf_chan_put_back(ch, first) < 0) {
+                Py_DECREF(first);
+            }
+            goto error;
+        }
         Py_DECREF(first);
-        if (rc < 0 || take_available(ch, list, max_items - 1) < 0) {
+        if (take_available(ch, list, max_items - 1) < 0) {
             goto error;
         }
     }
     return list;
 error:
+    /* MemoryError: what the list holds goes back in front of the channel, in order (values of the
+     * failing round are already back, behind them). Nothing taken is dropped. */
+    for (Py_ssize_t k = PyList_GET_SIZE(list) - 1; k >= 0; k--) {
+        PyObject *v = Py_NewRef(PyList_GET_ITEM(list, k));
+        if (gf_chan_put_back(ch, v) < 0) {
+            Py_DECREF(v);
+        }
+    }
     Py_DECREF(list);
     return NULL;
 }
@@ -991,32 +1040,22 @@ asyncop_done(PyObject *self, PyObject *Py_UNUSED(ignored))
     return PyBool_FromLong(a != NULL && atomic_load_explicit(&a->sel.signaled, memory_order_acquire));
 }
 
-/* A recv that completed as its task was cancelled: give the value back to the channel, in front, so the
- * next receiver gets it (a parked one directly). 0 done, -1 MemoryError. */
-static int
-asyncop_put_back(AsyncOpObject *op)
+int
+gf_chan_put_back(ChannelObject *ch, PyObject *v)
 {
-    gf_async *a = op->a;
-    ChannelObject *ch = op->ch;
     gf_wakelist wl;
     gf_wakelist_init(&wl);
     int rc = 0;
     gf_chan_lock(ch);
-    PyObject *v = a->sel.result;
-    a->sel.result = NULL;
     gf_waiter *w = ch->count == 0 ? gf_waitq_claim_first(&ch->recvq) : NULL;
     if (w != NULL) {
         gf_sel_fire(w->sel, w->index, 0, v, &wl);
     }
     else if (ring_push_front(ch, v) < 0) {
-        a->sel.result = v;
         rc = -1;
     }
     gf_chan_unlock(ch);
     gf_wakelist_run(&wl);
-    if (rc < 0) {
-        PyErr_NoMemory();
-    }
     return rc;
 }
 
@@ -1034,8 +1073,19 @@ asyncop_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
     if (a->is_send) {
         Py_RETURN_FALSE; /* delivered: cannot be undone */
     }
-    if (!a->sel.closed && a->sel.result != NULL && asyncop_put_back(op) < 0) {
-        return NULL;
+    /* Take the received value under the channel lock: of two cancel() calls at once (free-threaded
+     * asyncio may make them), exactly one gets it and puts it back; the other finds NULL. */
+    gf_chan_lock(op->ch);
+    PyObject *v = a->sel.closed ? NULL : a->sel.result;
+    if (v != NULL) {
+        a->sel.result = NULL;
+    }
+    gf_chan_unlock(op->ch);
+    if (v != NULL && gf_chan_put_back(op->ch, v) < 0) {
+        gf_chan_lock(op->ch);
+        a->sel.result = v; /* keep it: result() still returns it */
+        gf_chan_unlock(op->ch);
+        return PyErr_NoMemory();
     }
     Py_RETURN_TRUE;
 }

@@ -43,6 +43,11 @@ int gf_chan_try_send(ChannelObject *ch, PyObject *v, gf_wakelist *wl);
 /* Under ch->lock. On GF_OK *out is a new (moved) reference. */
 int gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl);
 
+/* Put a received value back in front of the channel (a parked receiver gets it at once), as if it had
+ * never been taken. Locks the channel itself; attached, no lock held. 0 done (the reference moved in),
+ * -1 no memory (nothing changed, no exception set). */
+int gf_chan_put_back(ChannelObject *ch, PyObject *v);
+
 static inline int
 gf_is_channel(gf_state *st, PyObject *op)
 {

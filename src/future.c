@@ -87,27 +87,19 @@ future_init(PyObject *self, PyObject *args, PyObject *kwargs)
 void
 gf_log_exception(gf_state *st, const char *what, PyObject *obj)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL) {
-        PyException_SetTraceback(value, tb);
-    }
+    PyObject *value = gf_err_take();
     if (st->log_callback_error != NULL && value != NULL) {
         PyObject *r = PyObject_CallFunction(st->log_callback_error, "sOO", what, obj, value);
         if (r == NULL) {
             PyErr_WriteUnraisable(st->log_callback_error);
         }
         Py_XDECREF(r);
+        Py_DECREF(value);
     }
     else {
-        PyErr_Restore(type, value, tb);
-        type = value = tb = NULL;
+        gf_err_restore(value);
         PyErr_WriteUnraisable(obj);
     }
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
 }
 
 static void
@@ -116,23 +108,31 @@ report_callback_error(FutureObject *f)
     gf_log_exception(f->st, "exception calling callback for %r", (PyObject *)f);
 }
 
-static void
+/* Run one done callback. An Exception it raises is logged, as the standard library does; anything else
+ * (KeyboardInterrupt, SystemExit) is not swallowed: it is returned (a new reference) for the caller to
+ * raise once every callback has run. */
+static PyObject *
 run_callback(FutureObject *f, PyObject *cb)
 {
     PyObject *r = PyObject_CallOneArg(cb, (PyObject *)f);
-    if (r == NULL) {
-        report_callback_error(f);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return NULL;
     }
-    Py_XDECREF(r);
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return gf_err_take();
+    }
+    report_callback_error(f);
+    return NULL;
 }
 
 /* After a state change made under lock: wake waiters, tell the standard library's waiters, run callbacks.
- * Attached, no lock held. Preserves a pending exception of the caller. */
-static void
+ * Attached, no lock held. Preserves a pending exception of the caller. Returns the first non-Exception a
+ * callback raised (a new reference, to be raised by the caller), or NULL. */
+static PyObject *
 after_change(FutureObject *f, gf_wakelist *wl, PyObject **cbs, Py_ssize_t ncbs, int compat, const char *kind)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
+    PyObject *pending = gf_err_take(), *escaped = NULL;
     gf_wakelist_run(wl);
     if (compat) {
         PyObject *r = PyObject_CallMethod((PyObject *)f, "_cf_notify", "s", kind);
@@ -142,11 +142,33 @@ after_change(FutureObject *f, gf_wakelist *wl, PyObject **cbs, Py_ssize_t ncbs, 
         Py_XDECREF(r);
     }
     for (Py_ssize_t i = 0; i < ncbs; i++) {
-        run_callback(f, cbs[i]);
+        PyObject *e = run_callback(f, cbs[i]);
+        if (e != NULL && escaped == NULL) {
+            escaped = e;
+        }
+        else {
+            Py_XDECREF(e);
+        }
         Py_DECREF(cbs[i]);
     }
     PyMem_RawFree(cbs);
-    PyErr_Restore(type, value, tb);
+    gf_err_restore(pending);
+    return escaped;
+}
+
+/* Raise what a callback let escape, unless an exception is already set. -1 if it raised, else 0. */
+static int
+raise_escaped(PyObject *escaped)
+{
+    if (escaped == NULL) {
+        return 0;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(escaped);
+        return 0;
+    }
+    gf_err_restore(escaped);
+    return -1;
 }
 
 /* Under lock: claim every parked waiter, move the callbacks out. */
@@ -195,8 +217,7 @@ gf_future_finish(FutureObject *f, PyObject *result, PyObject *exc)
     take_for_completion(f, &wl, &cbs, &ncbs);
     int compat = f->compat;
     pthread_mutex_unlock(&f->lock);
-    after_change(f, &wl, cbs, ncbs, compat, exc != NULL ? "exception" : "result");
-    return 0;
+    return raise_escaped(after_change(f, &wl, cbs, ncbs, compat, exc != NULL ? "exception" : "result"));
 }
 
 int
@@ -220,7 +241,9 @@ gf_future_cancel(FutureObject *f)
     take_for_completion(f, &wl, &cbs, &ncbs);
     int compat = f->compat;
     pthread_mutex_unlock(&f->lock);
-    after_change(f, &wl, cbs, ncbs, compat, "cancel");
+    if (raise_escaped(after_change(f, &wl, cbs, ncbs, compat, "cancel")) < 0) {
+        return -1;
+    }
     return 1;
 }
 
@@ -379,7 +402,8 @@ future_exception(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObje
 static PyObject *
 future_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(gf_future_cancel(FUTURE_CAST(self)));
+    int r = gf_future_cancel(FUTURE_CAST(self));
+    return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
 static int
@@ -422,9 +446,21 @@ future_set_result(PyObject *self, PyObject *value)
 static PyObject *
 future_set_exception(PyObject *self, PyObject *exc)
 {
+    if (exc == Py_None) { /* as concurrent.futures.Future: finished, with no exception and a None result */
+        if (gf_future_finish(FUTURE_CAST(self), Py_None, NULL) < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
     if (PyType_Check(exc) && PyType_IsSubtype((PyTypeObject *)exc, (PyTypeObject *)PyExc_BaseException)) {
         PyObject *inst = PyObject_CallNoArgs(exc); /* as raise does with a class */
         if (inst == NULL) {
+            return NULL;
+        }
+        if (!PyExceptionInstance_Check(inst)) {
+            PyErr_Format(PyExc_TypeError, "calling %R should have returned an instance of BaseException, not "
+                         "%.100s", exc, Py_TYPE(inst)->tp_name);
+            Py_DECREF(inst);
             return NULL;
         }
         int r = gf_future_finish(FUTURE_CAST(self), NULL, inst);
@@ -479,7 +515,9 @@ future_add_done_callback(PyObject *self, PyObject *fn)
         Py_RETURN_NONE;
     }
     pthread_mutex_unlock(&f->lock);
-    run_callback(f, fn); /* already done: now, in this thread */
+    if (raise_escaped(run_callback(f, fn)) < 0) { /* already done: now, in this thread */
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 

@@ -12,6 +12,26 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdio.h>
+#include <stdlib.h>
+
+/* GF_ASSERT(cond): the invariants the comments state, checked in the debug build (GILFREE_DEBUG=1 builds
+ * with -DGILFREE_ASSERTIONS -UNDEBUG and the tests run under it in CI); compiled out otherwise. A failure
+ * prints where and aborts, so faulthandler names the thread. */
+#ifdef GILFREE_ASSERTIONS
+#  define GF_ASSERT(cond) \
+    ((cond) ? (void)0 : gf_assert_fail(#cond, __FILE__, __LINE__))
+static inline void
+gf_assert_fail(const char *what, const char *file, int line)
+{
+    fprintf(stderr, "gilfree: assertion failed: %s (%s:%d)\n", what, file, line);
+    fflush(stderr);
+    abort();
+}
+#else
+#  define GF_ASSERT(cond) ((void)0)
+#endif
+
 typedef struct gf_state {
     PyTypeObject *channel_type;   /* gilfree._core.Channel */
     PyTypeObject *asyncop_type;   /* gilfree._core._AsyncOp: one pending asyncio send or recv */
@@ -33,6 +53,39 @@ typedef struct gf_state {
 } gf_state;
 
 extern PyModuleDef gf_module_def;
+
+/* The exception being raised, taken out (normalized, traceback attached): a new reference, or NULL if
+ * none. PyErr_Fetch is deprecated since 3.12; this is the one place that knows both APIs. */
+static inline PyObject *
+gf_err_take(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raise `exc` again (steals the reference; NULL: nothing). */
+static inline void
+gf_err_restore(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    if (exc != NULL) {
+        PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+    }
+#endif
+}
 
 static inline gf_state *
 gf_get_state(PyObject *module)

@@ -18,13 +18,25 @@
 
 /* ---- count_primes ----------------------------------------------------------------------------------- */
 
+/* Built-in kernels poll the job's stop flag (Ctrl-C, exit, another chunk's failure) this often, in
+ * inner-loop iterations: a few hundred microseconds of work at most between two looks. */
+#define STOP_POLL 4096
+
+static inline int
+stopped(const atomic_int *stop)
+{
+    return atomic_load_explicit(stop, memory_order_relaxed) != 0;
+}
+
 typedef struct {
-    int64_t lo;
+    const atomic_int *stop;
+    int64_t lo; /* >= 0: the entry point clamps it (no negative number is prime) */
     atomic_llong count;
 } primes_arg;
 
+/* 1 prime, 0 not, -1 stopped part-way. d <= x / d: d * d would overflow near INT64_MAX. */
 static int
-is_prime(int64_t x)
+is_prime(int64_t x, const atomic_int *stop)
 {
     if (x < 2) {
         return 0;
@@ -35,9 +47,13 @@ is_prime(int64_t x)
     if (x % 2 == 0) {
         return 0;
     }
-    for (int64_t d = 3; d * d <= x; d += 2) {
+    unsigned n = 0;
+    for (int64_t d = 3; d <= x / d; d += 2) {
         if (x % d == 0) {
             return 0;
+        }
+        if (++n % STOP_POLL == 0 && stopped(stop)) {
+            return -1;
         }
     }
     return 1;
@@ -49,7 +65,11 @@ primes_kernel(int64_t begin, int64_t end, void *argp)
     primes_arg *a = argp;
     long long c = 0;
     for (int64_t i = begin; i < end; i++) {
-        c += is_prime(a->lo + i);
+        int p = is_prime(a->lo + i, a->stop);
+        if (p < 0 || ((i & (STOP_POLL - 1)) == 0 && stopped(a->stop))) {
+            return GF_KERNEL_STOPPED;
+        }
+        c += p;
     }
     atomic_fetch_add(&a->count, c);
     return 0;
@@ -58,6 +78,7 @@ primes_kernel(int64_t begin, int64_t end, void *argp)
 /* ---- mandelbrot ------------------------------------------------------------------------------------- */
 
 typedef struct {
+    const atomic_int *stop;
     int64_t width, height;
     int max_iter;
     double x, y, w, h;
@@ -69,9 +90,15 @@ mandel_kernel(int64_t begin, int64_t end, void *argp)
 {
     mandel_arg *a = argp;
     for (int64_t row = begin; row < end; row++) {
+        if (stopped(a->stop)) {
+            return GF_KERNEL_STOPPED;
+        }
         double ci = a->y + a->h * (double)row / (double)a->height;
         uint16_t *line = a->out + row * a->width;
         for (int64_t col = 0; col < a->width; col++) {
+            if ((col & (STOP_POLL - 1)) == STOP_POLL - 1 && stopped(a->stop)) {
+                return GF_KERNEL_STOPPED;
+            }
             double cr = a->x + a->w * (double)col / (double)a->width;
             double zr = 0.0, zi = 0.0;
             int it = 0;
@@ -92,6 +119,7 @@ mandel_kernel(int64_t begin, int64_t end, void *argp)
 #define MC_BLOCK 65536 /* samples per RNG stream: fixed, so the result never depends on the workers */
 
 typedef struct {
+    const atomic_int *stop;
     int64_t samples;
     uint64_t seed;
     atomic_llong hits;
@@ -112,8 +140,11 @@ mc_kernel(int64_t begin, int64_t end, void *argp)
     mc_arg *a = argp;
     long long hits = 0;
     for (int64_t block = begin; block < end; block++) {
+        if (stopped(a->stop)) {
+            return GF_KERNEL_STOPPED;
+        }
         uint64_t s = a->seed * 0x100000001B3ull ^ (uint64_t)block * 0xD1B54A32D192ED03ull;
-        int64_t lo = block * MC_BLOCK, hi = lo + MC_BLOCK < a->samples ? lo + MC_BLOCK : a->samples;
+        int64_t lo = block * MC_BLOCK, hi = a->samples - lo > MC_BLOCK ? lo + MC_BLOCK : a->samples;
         for (int64_t i = lo; i < hi; i++) {
             double x = (double)(splitmix64(&s) >> 11) * 0x1.0p-53;
             double y = (double)(splitmix64(&s) >> 11) * 0x1.0p-53;
@@ -129,6 +160,7 @@ mc_kernel(int64_t begin, int64_t end, void *argp)
 #define SUM_BLOCK 65536 /* values per partial sum: fixed, partial sums added in order */
 
 typedef struct {
+    const atomic_int *stop;
     const double *data;
     int64_t len;
     double *partial; /* one per block */
@@ -139,7 +171,10 @@ sum_kernel(int64_t begin, int64_t end, void *argp)
 {
     sum_arg *a = argp;
     for (int64_t block = begin; block < end; block++) {
-        int64_t lo = block * SUM_BLOCK, hi = lo + SUM_BLOCK < a->len ? lo + SUM_BLOCK : a->len;
+        if (stopped(a->stop)) {
+            return GF_KERNEL_STOPPED;
+        }
+        int64_t lo = block * SUM_BLOCK, hi = a->len - lo > SUM_BLOCK ? lo + SUM_BLOCK : a->len;
         double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         int64_t i = lo;
         for (; i + 4 <= hi; i += 4) {
@@ -159,23 +194,39 @@ sum_kernel(int64_t begin, int64_t end, void *argp)
 /* ---- sleep and read_files --------------------------------------------------------------------------- */
 
 typedef struct {
-    double seconds;
+    const atomic_int *stop;
+    int64_t ns; /* each sleep, in nanoseconds (the entry point bounds it) */
 } sleep_arg;
+
+#define SLEEP_SLICE_NS (10 * 1000 * 1000) /* a long sleep looks at the stop flag this often */
 
 static int
 sleep_kernel(int64_t begin, int64_t end, void *argp)
 {
     sleep_arg *a = argp;
     for (int64_t i = begin; i < end; i++) {
-        struct timespec ts = {.tv_sec = (time_t)a->seconds,
-                              .tv_nsec = (long)((a->seconds - (double)(time_t)a->seconds) * 1e9)};
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        struct timespec until;
+        gf_monotonic_after(&until, a->ns);
+        for (;;) {
+            if (stopped(a->stop)) {
+                return GF_KERNEL_STOPPED;
+            }
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            int64_t left = (int64_t)(until.tv_sec - now.tv_sec) * 1000000000 + (until.tv_nsec - now.tv_nsec);
+            if (left <= 0) {
+                break;
+            }
+            int64_t step = left < SLEEP_SLICE_NS ? left : SLEEP_SLICE_NS;
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)step};
+            (void)nanosleep(&ts, NULL); /* EINTR: the loop recomputes what is left */
         }
     }
     return 0;
 }
 
 typedef struct {
+    const atomic_int *stop;
     char **paths;
     long long *sizes;
     int *errnos;
@@ -188,10 +239,14 @@ read_kernel(int64_t begin, int64_t end, void *argp)
     read_arg *a = argp;
     char *buf = malloc(a->block);
     if (buf == NULL) {
-        return ENOMEM;
+        return ENOMEM; /* no errnos[] entry: the entry point raises MemoryError */
     }
     int rc = 0;
     for (int64_t i = begin; i < end && rc == 0; i++) {
+        if (stopped(a->stop)) {
+            rc = GF_KERNEL_STOPPED;
+            break;
+        }
         int fd = open(a->paths[i], O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             a->errnos[i] = errno;
@@ -234,7 +289,18 @@ noop_kernel(int64_t begin, int64_t end, void *argp)
 
 /* ---- Python entry points ------------------------------------------------------------------------------ */
 
-/* Every entry point takes (…, workers, pool) resolved by the Python layer. */
+/* Every entry point takes (…, workers, pool) resolved by the Python layer, and checks and bounds every
+ * argument again itself: the private entry points trust nothing. */
+
+static int
+check_workers(int workers)
+{
+    if (workers < 1) {
+        PyErr_Format(PyExc_ValueError, "workers must be >= 1, got %d", workers);
+        return -1;
+    }
+    return 0;
+}
 
 static PyObject *
 k_count_primes(PyObject *module, PyObject *args)
@@ -242,16 +308,22 @@ k_count_primes(PyObject *module, PyObject *args)
     long long lo, hi;
     int workers;
     PyObject *pool;
-    if (!PyArg_ParseTuple(args, "LLiO", &lo, &hi, &workers, &pool)) {
+    if (!PyArg_ParseTuple(args, "LLiO", &lo, &hi, &workers, &pool) || check_workers(workers) < 0) {
         return NULL;
+    }
+    if (lo < 0) {
+        lo = 0; /* no negative number is prime; and now hi - lo cannot overflow */
     }
     primes_arg a = {.lo = lo};
     atomic_init(&a.count, 0);
-    if (hi > lo && gf_parallel_run(gf_get_state(module), pool, hi - lo, primes_kernel, &a, workers, 0) < 0) {
+    int64_t n = hi > lo ? (int64_t)hi - (int64_t)lo : 0;
+    if (gf_parallel_run(gf_get_state(module), pool, n, primes_kernel, &a, workers, 0, &a.stop) < 0) {
         return NULL;
     }
     return PyLong_FromLongLong(atomic_load(&a.count));
 }
+
+#define MAX_ITER_LIMIT 65535
 
 static PyObject *
 k_mandelbrot(PyObject *module, PyObject *args)
@@ -261,27 +333,47 @@ k_mandelbrot(PyObject *module, PyObject *args)
     double x, y, w, h;
     PyObject *out, *pool;
     if (!PyArg_ParseTuple(args, "LLiddddOiO", &width, &height, &max_iter, &x, &y, &w, &h, &out, &workers,
-                          &pool)) {
+                          &pool) || check_workers(workers) < 0) {
         return NULL;
+    }
+    if (width < 0 || height < 0) {
+        return PyErr_Format(PyExc_ValueError, "width and height must be >= 0, got %lld and %lld", width, height);
+    }
+    if (max_iter < 0 || max_iter > MAX_ITER_LIMIT) {
+        return PyErr_Format(PyExc_ValueError, "max_iter must be in [0, 65535], got %d", max_iter);
+    }
+    if (!isfinite(x) || !isfinite(y) || !isfinite(w) || !isfinite(h)) {
+        return PyErr_Format(PyExc_ValueError, "x, y, w and h must be finite");
+    }
+    long long cells, bytes;
+    if (__builtin_mul_overflow(width, height, &cells) || __builtin_mul_overflow(cells, 2LL, &bytes) ||
+        bytes > (long long)PY_SSIZE_T_MAX) {
+        return PyErr_Format(PyExc_OverflowError, "width*height (%lld x %lld) is too large", width, height);
     }
     Py_buffer view;
     if (PyObject_GetBuffer(out, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         return NULL;
     }
-    if (view.len < width * height * 2) {
+    if (view.len < (Py_ssize_t)bytes) {
         PyBuffer_Release(&view);
         return PyErr_Format(PyExc_ValueError, "out must hold width*height uint16 values (%lld bytes), has %zd",
-                            width * height * 2, view.len);
+                            bytes, view.len);
     }
     mandel_arg a = {.width = width, .height = height, .max_iter = max_iter, .x = x, .y = y, .w = w, .h = h,
                     .out = (uint16_t *)view.buf};
-    int rc = gf_parallel_run(gf_get_state(module), pool, height, mandel_kernel, &a, workers, 0);
+    /* no cell: nothing to do (and no row loop over an empty width) */
+    int rc = cells == 0 ? 0
+                        : gf_parallel_run(gf_get_state(module), pool, height, mandel_kernel, &a, workers, 0,
+                                          &a.stop);
     PyBuffer_Release(&view);
     if (rc < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
 }
+
+/* The hit count is exact in a double, and the estimate meaningful, up to 2**53 samples. */
+#define MC_MAX_SAMPLES (1LL << 53)
 
 static PyObject *
 k_monte_carlo_pi(PyObject *module, PyObject *args)
@@ -290,13 +382,16 @@ k_monte_carlo_pi(PyObject *module, PyObject *args)
     unsigned long long seed;
     int workers;
     PyObject *pool;
-    if (!PyArg_ParseTuple(args, "LKiO", &samples, &seed, &workers, &pool)) {
+    if (!PyArg_ParseTuple(args, "LKiO", &samples, &seed, &workers, &pool) || check_workers(workers) < 0) {
         return NULL;
+    }
+    if (samples < 1 || samples > MC_MAX_SAMPLES) {
+        return PyErr_Format(PyExc_ValueError, "samples must be in [1, 2**53], got %lld", samples);
     }
     mc_arg a = {.samples = samples, .seed = seed};
     atomic_init(&a.hits, 0);
-    int64_t blocks = (samples + MC_BLOCK - 1) / MC_BLOCK;
-    if (gf_parallel_run(gf_get_state(module), pool, blocks, mc_kernel, &a, workers, 1) < 0) {
+    int64_t blocks = samples / MC_BLOCK + (samples % MC_BLOCK != 0);
+    if (gf_parallel_run(gf_get_state(module), pool, blocks, mc_kernel, &a, workers, 1, &a.stop) < 0) {
         return NULL;
     }
     return PyFloat_FromDouble(4.0 * (double)atomic_load(&a.hits) / (double)samples);
@@ -307,7 +402,7 @@ k_sum_squares(PyObject *module, PyObject *args)
 {
     PyObject *buffer, *pool;
     int workers;
-    if (!PyArg_ParseTuple(args, "OiO", &buffer, &workers, &pool)) {
+    if (!PyArg_ParseTuple(args, "OiO", &buffer, &workers, &pool) || check_workers(workers) < 0) {
         return NULL;
     }
     Py_buffer view;
@@ -328,14 +423,14 @@ k_sum_squares(PyObject *module, PyObject *args)
                             "multiple of 8, 8-byte aligned), got format %s, %zd bytes",
                             view.format ? view.format : "B", view.len);
     }
-    int64_t len = view.len / 8, blocks = (len + SUM_BLOCK - 1) / SUM_BLOCK;
+    int64_t len = view.len / 8, blocks = len / SUM_BLOCK + (len % SUM_BLOCK != 0);
     double *partial = PyMem_RawCalloc(blocks ? (size_t)blocks : 1, sizeof(double));
     if (partial == NULL) {
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
     sum_arg a = {.data = (const double *)view.buf, .len = len, .partial = partial};
-    int rc = gf_parallel_run(gf_get_state(module), pool, blocks, sum_kernel, &a, workers, 1);
+    int rc = gf_parallel_run(gf_get_state(module), pool, blocks, sum_kernel, &a, workers, 1, &a.stop);
     PyBuffer_Release(&view); /* held for the whole run, released before returning */
     double total = 0;
     for (int64_t b = 0; b < blocks; b++) {
@@ -348,6 +443,8 @@ k_sum_squares(PyObject *module, PyObject *args)
     return PyFloat_FromDouble(total);
 }
 
+#define SLEEP_MAX_SECONDS 1e9 /* about 31 years */
+
 static PyObject *
 k_sleep(PyObject *module, PyObject *args)
 {
@@ -355,15 +452,24 @@ k_sleep(PyObject *module, PyObject *args)
     long long count;
     int workers;
     PyObject *pool;
-    if (!PyArg_ParseTuple(args, "dLiO", &seconds, &count, &workers, &pool)) {
+    if (!PyArg_ParseTuple(args, "dLiO", &seconds, &count, &workers, &pool) || check_workers(workers) < 0) {
         return NULL;
     }
-    sleep_arg a = {.seconds = seconds};
-    if (gf_parallel_run(gf_get_state(module), pool, count, sleep_kernel, &a, workers, 1) < 0) {
+    if (!(seconds >= 0 && seconds <= SLEEP_MAX_SECONDS)) { /* NaN and inf fail here too */
+        return PyErr_Format(PyExc_ValueError, "seconds must be a finite number in [0, 1e9], got %R",
+                            PyTuple_GET_ITEM(args, 0));
+    }
+    if (count < 0) {
+        return PyErr_Format(PyExc_ValueError, "count must be >= 0, got %lld", count);
+    }
+    sleep_arg a = {.ns = (int64_t)(seconds * 1e9)};
+    if (gf_parallel_run(gf_get_state(module), pool, count, sleep_kernel, &a, workers, 1, &a.stop) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
 }
+
+#define READ_MAX_BLOCK (1LL << 30)
 
 static PyObject *
 k_read_files(PyObject *module, PyObject *args)
@@ -371,8 +477,15 @@ k_read_files(PyObject *module, PyObject *args)
     PyObject *paths, *pool;
     long long block;
     int workers;
-    if (!PyArg_ParseTuple(args, "OLiO", &paths, &block, &workers, &pool)) {
+    if (!PyArg_ParseTuple(args, "OLiO", &paths, &block, &workers, &pool) || check_workers(workers) < 0) {
         return NULL;
+    }
+    if (PyUnicode_Check(paths) || PyBytes_Check(paths) || PyByteArray_Check(paths)) {
+        return PyErr_Format(PyExc_TypeError, "paths must be a sequence of paths, not a single %.100s",
+                            Py_TYPE(paths)->tp_name);
+    }
+    if (block < 1 || block > READ_MAX_BLOCK) {
+        return PyErr_Format(PyExc_ValueError, "block_size must be in [1, 2**30], got %lld", block);
     }
     PyObject *seq = PySequence_Tuple(paths);
     if (seq == NULL) {
@@ -396,15 +509,21 @@ k_read_files(PyObject *module, PyObject *args)
         a.paths[i] = PyBytes_AS_STRING(encoded[i]);
     }
     gf_state *st = gf_get_state(module);
-    if (gf_parallel_run(st, pool, n, read_kernel, &a, workers, 1) < 0) {
+    if (gf_parallel_run(st, pool, n, read_kernel, &a, workers, 1, &a.stop) < 0) {
         if (PyErr_ExceptionMatches(st->KernelError)) { /* a file failed: say which, as OSError */
+            int found = 0;
             for (Py_ssize_t i = 0; i < n; i++) {
                 if (a.errnos[i] != 0) {
                     PyErr_Clear();
                     errno = a.errnos[i];
                     PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GET_ITEM(seq, i));
+                    found = 1;
                     break;
                 }
+            }
+            if (!found) { /* the read buffer could not be allocated */
+                PyErr_Clear();
+                PyErr_NoMemory();
             }
         }
         goto done;

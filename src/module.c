@@ -100,6 +100,20 @@ main_thread_ident(unsigned long *out)
     return PyErr_Occurred() ? -1 : 0;
 }
 
+/* _after_fork_child(): called in a forked child (os.register_at_fork) by the thread that forked. */
+static PyObject *
+after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    gf_park_after_fork_child(gf_get_state(module));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_after_fork_child", after_fork_child, METH_NOARGS,
+     "_after_fork_child() (os.register_at_fork): the forking thread is the child's main thread now"},
+    {NULL, NULL, 0, NULL},
+};
+
 static int
 add_object(PyObject *module, const char *name, PyObject *obj)
 {
@@ -141,6 +155,9 @@ core_exec(PyObject *module)
     }
     st->default_case = new_sentinel(st, "gilfree.default");
     if (st->default_case == NULL || add_object(module, "default", st->default_case) < 0) {
+        return -1;
+    }
+    if (PyModule_AddFunctions(module, module_methods) < 0) {
         return -1;
     }
     if (gf_channel_setup(module, st) < 0 || gf_select_setup(module, st) < 0 ||

@@ -78,14 +78,23 @@ gf_deadline_from_timeout(PyObject *timeout, gf_deadline *out, const char *name)
     if (timeout == NULL || timeout == Py_None) {
         return 0;
     }
-    if (!PyFloat_Check(timeout) && !PyLong_Check(timeout)) {
+    if (PyBool_Check(timeout) || (!PyFloat_Check(timeout) && !PyLong_Check(timeout))) {
         PyErr_Format(PyExc_TypeError, "%s must be a number of seconds or None, not %.100s", name,
                      Py_TYPE(timeout)->tp_name);
         return -1;
     }
-    double secs = PyFloat_AsDouble(timeout);
-    if (secs == -1.0 && PyErr_Occurred()) {
-        return -1;
+    double secs;
+    if (PyLong_Check(timeout)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(timeout, &overflow);
+        if (v == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        /* An int too large for any clock (10**400) means "never", like any delay past ~31 years. */
+        secs = overflow > 0 ? HUGE_VAL : overflow < 0 ? -1.0 : (double)v;
+    }
+    else {
+        secs = PyFloat_AS_DOUBLE(timeout);
     }
     if (isnan(secs)) {
         PyErr_Format(PyExc_ValueError, "%s must not be NaN", name);
@@ -227,7 +236,7 @@ gf_wakelist_run(gf_wakelist *wl)
 /* ---- parking ------------------------------------------------------------------------------------ */
 
 int
-gf_park(gf_sel *s, const gf_deadline *d, int is_main)
+gf_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_interrupt *in)
 {
     struct timespec spin_start, now;
     now_monotonic(&spin_start);
@@ -244,6 +253,10 @@ gf_park(gf_sel *s, const gf_deadline *d, int is_main)
     }
     pthread_mutex_lock(&s->mu);
     while (!atomic_load_explicit(&s->signaled, memory_order_acquire)) {
+        if (gf_interrupt_fired(in)) { /* read under s->mu: gf_interrupt_fire signals under it after setting */
+            pthread_mutex_unlock(&s->mu);
+            return GF_PARK_CHECK_SIGNALS;
+        }
         struct timespec wake;
         int bounded = 0, polling = 0;
         if (!d->infinite) {
@@ -279,7 +292,7 @@ void
 gf_park_until_signaled(gf_sel *s)
 {
     gf_deadline forever = {.infinite = 1};
-    (void)gf_park(s, &forever, 0);
+    (void)gf_park(s, &forever, 0, NULL);
 }
 
 /* ---- the wait of every blocking call --------------------------------------------------------- */
@@ -294,17 +307,98 @@ make_interrupt_key(void)
 }
 
 void
-gf_set_thread_interrupt(atomic_int *flag)
+gf_set_thread_interrupt(gf_interrupt *in)
 {
     (void)pthread_once(&interrupt_key_once, make_interrupt_key);
-    (void)pthread_setspecific(interrupt_key, flag);
+    (void)pthread_setspecific(interrupt_key, in);
 }
 
-atomic_int *
+gf_interrupt *
 gf_current_thread_interrupt(void)
 {
     (void)pthread_once(&interrupt_key_once, make_interrupt_key);
-    return (atomic_int *)pthread_getspecific(interrupt_key);
+    return (gf_interrupt *)pthread_getspecific(interrupt_key);
+}
+
+void
+gf_interrupt_init(gf_interrupt *in)
+{
+    atomic_init(&in->flag, 0);
+    pthread_mutex_init(&in->mu, NULL);
+    in->parked = NULL;
+}
+
+void
+gf_interrupt_fini(gf_interrupt *in)
+{
+    GF_ASSERT(in->parked == NULL);
+    pthread_mutex_destroy(&in->mu);
+}
+
+void
+gf_interrupt_fire(gf_interrupt *in)
+{
+    pthread_mutex_lock(&in->mu);
+    atomic_store_explicit(&in->flag, 1, memory_order_release);
+    for (gf_sel *s = in->parked; s != NULL; s = s->intr_next) {
+        pthread_mutex_lock(&s->mu);
+        if (s->sleeping) {
+            pthread_cond_signal(&s->cv);
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    pthread_mutex_unlock(&in->mu);
+}
+
+/* Register / unregister a thread owner's gf_sel as parked on `in`. Detached or attached: no Python. */
+static void
+interrupt_link(gf_interrupt *in, gf_sel *s)
+{
+    pthread_mutex_lock(&in->mu);
+    s->intr_next = in->parked;
+    in->parked = s;
+    pthread_mutex_unlock(&in->mu);
+}
+
+static void
+interrupt_unlink(gf_interrupt *in, gf_sel *s)
+{
+    pthread_mutex_lock(&in->mu);
+    for (gf_sel **pp = &in->parked; *pp != NULL; pp = &(*pp)->intr_next) {
+        if (*pp == s) {
+            *pp = s->intr_next;
+            break;
+        }
+    }
+    s->intr_next = NULL;
+    pthread_mutex_unlock(&in->mu);
+}
+
+void
+gf_async_signal_set(sigset_t *set)
+{
+    sigfillset(set);
+    /* Synchronous signals are the crashing thread's own: they must reach faulthandler (or the default
+     * action) in the thread that caused them. */
+    sigdelset(set, SIGSEGV);
+    sigdelset(set, SIGBUS);
+    sigdelset(set, SIGFPE);
+    sigdelset(set, SIGILL);
+    sigdelset(set, SIGABRT);
+    sigdelset(set, SIGTRAP);
+    sigdelset(set, SIGSYS);
+}
+
+void
+gf_park_after_fork_child(gf_state *st)
+{
+    st->main_ident = PyThread_get_thread_ident();
+    if (gf_current_thread_interrupt() != NULL) { /* a pool worker forked: it is the child's only thread */
+        sigset_t set;
+        gf_async_signal_set(&set);
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+        gf_set_thread_interrupt(NULL);
+    }
 }
 
 static int
@@ -316,37 +410,32 @@ raise_deferred(void *arg)
     return -1;
 }
 
-/* The operation completed although a signal handler raised while we waited: keep the outcome, and have
- * the exception raised at the interpreter's next check (right after this call returns). */
-static void
-defer_current_exception(void)
+/* Main thread only: the operation completed although a signal handler raised while we waited. Keep the
+ * outcome, and have the handler's exception raised at the interpreter's next check (right after this call
+ * returns), through a pending call, which runs on the main thread. The handler is not run again. */
+void
+gf_defer_current_exception(void)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
+    PyObject *value = gf_err_take();
     if (value == NULL) {
         return;
     }
-    if (PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt)) {
-        Py_DECREF(value);
-        (void)PyErr_SetInterruptEx(SIGINT); /* runs the SIGINT handler again at the next check */
-        return;
-    }
     if (Py_AddPendingCall(raise_deferred, value) < 0) {
+        /* The queue of pending calls is full: raising it now would lose the outcome; report it. */
+        PyErr_SetObject((PyObject *)Py_TYPE(value), value);
         Py_DECREF(value);
+        PyErr_WriteUnraisable(NULL);
     }
 }
 
 /* 0 nothing to do, -1 an exception is set (signal handler, or the exit interrupt of a pool worker). */
 static int
-check_interrupts(gf_state *st, int is_main, atomic_int *flag)
+check_interrupts(gf_state *st, int is_main, gf_interrupt *in)
 {
     if (is_main && PyErr_CheckSignals() < 0) {
         return -1;
     }
-    if (flag != NULL && atomic_load_explicit(flag, memory_order_relaxed)) {
+    if (gf_interrupt_fired(in)) {
         PyErr_SetString(st->Cancelled, "the pool is shutting down at interpreter exit");
         return -1;
     }
@@ -356,31 +445,59 @@ check_interrupts(gf_state *st, int is_main, atomic_int *flag)
 int
 gf_wait(gf_state *st, gf_sel *s, const gf_deadline *d)
 {
+    return gf_wait_ex(st, s, d, 0);
+}
+
+int
+gf_wait_ex(gf_state *st, gf_sel *s, const gf_deadline *d, int keep_exception)
+{
     int is_main = PyThread_get_thread_ident() == st->main_ident;
-    atomic_int *flag = gf_current_thread_interrupt();
+    gf_interrupt *in = gf_current_thread_interrupt();
+    if (in != NULL) {
+        interrupt_link(in, s);
+    }
+    int ret;
     for (;;) {
         int pr;
         Py_BEGIN_ALLOW_THREADS
-        pr = gf_park(s, d, is_main || flag != NULL);
+        pr = gf_park(s, d, is_main, in);
         Py_END_ALLOW_THREADS
         if (pr == GF_PARK_OK) {
-            return GF_WAIT_FIRED;
+            ret = GF_WAIT_FIRED;
+            break;
         }
-        if (pr == GF_PARK_CHECK_SIGNALS && check_interrupts(st, is_main, flag) == 0) {
+        if (pr == GF_PARK_CHECK_SIGNALS && check_interrupts(st, is_main, in) == 0) {
             continue; /* nothing pending: park again */
         }
         /* Timeout, or an exception: give up unless a completer got there first. */
         if (gf_sel_withdraw(s)) {
-            return pr == GF_PARK_TIMEOUT ? GF_WAIT_TIMED_OUT : GF_WAIT_RAISED;
+            ret = pr == GF_PARK_TIMEOUT ? GF_WAIT_TIMED_OUT : GF_WAIT_RAISED;
+            break;
         }
+        int raised_too = 0;
         if (pr == GF_PARK_CHECK_SIGNALS) {
-            defer_current_exception();
+            if (is_main && keep_exception) {
+                raised_too = 1; /* the caller decides: undo the outcome and raise, or defer */
+            }
+            else if (is_main) {
+                gf_defer_current_exception();
+            }
+            else {
+                /* A worker's exit Cancelled: keep the outcome; the flag stays set, so its next wait raises.
+                 * (Only the main thread runs pending calls: deferring would raise it there.) */
+                PyErr_Clear();
+            }
         }
         Py_BEGIN_ALLOW_THREADS
         gf_park_until_signaled(s);
         Py_END_ALLOW_THREADS
-        return GF_WAIT_FIRED;
+        ret = raised_too ? GF_WAIT_FIRED_RAISED : GF_WAIT_FIRED;
+        break;
     }
+    if (in != NULL) {
+        interrupt_unlink(in, s);
+    }
+    return ret;
 }
 
 /* ---- fork ------------------------------------------------------------------------------------- */

@@ -28,6 +28,7 @@
 
 #include "gilfree.h"
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -43,6 +44,7 @@
 enum { GF_PENDING = 0, GF_FIRED = 1, GF_WITHDRAWN = 2 };
 
 typedef struct gf_sel gf_sel;
+typedef struct gf_interrupt gf_interrupt;
 struct ChannelObject;
 
 /* One case of one blocking operation, queued on one channel. */
@@ -74,6 +76,7 @@ struct gf_sel {
     gf_sel *wake_next;     /* link in a completer's gf_wakelist */
     int sleeping;          /* owner is in pthread_cond_*wait; guarded by mu */
     int sync_init;         /* mu/cv initialised (thread owners only) */
+    gf_sel *intr_next;     /* link in a gf_interrupt's parked list (thread owners only) */
     pthread_mutex_t mu;    /* guards sleeping and the signaled handshake; a leaf lock */
     pthread_cond_t cv;     /* on CLOCK_MONOTONIC */
 };
@@ -138,7 +141,7 @@ void gf_sel_fire(gf_sel *s, int index, int closed, PyObject *result, gf_wakelist
 
 /* Park, detached (GIL released), until fired, the deadline passes, or (main thread only) it is time to
  * check for signals. */
-int gf_park(gf_sel *s, const gf_deadline *d, int is_main);
+int gf_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_interrupt *in);
 /* Wait, detached, for a claim that already happened to be published. Short: the completer is running. */
 void gf_park_until_signaled(gf_sel *s);
 
@@ -148,13 +151,46 @@ void gf_park_until_signaled(gf_sel *s);
  * GF_WAIT_TIMED_OUT and GF_WAIT_RAISED the gf_sel was withdrawn (nothing happened; RAISED leaves the
  * exception set). If a completer won the race against a signal handler's exception, the outcome is kept
  * (GF_WAIT_FIRED) and the exception is raised again at the interpreter's next check. */
-enum { GF_WAIT_FIRED = 0, GF_WAIT_TIMED_OUT = 1, GF_WAIT_RAISED = 2 };
+enum { GF_WAIT_FIRED = 0, GF_WAIT_TIMED_OUT = 1, GF_WAIT_RAISED = 2, GF_WAIT_FIRED_RAISED = 3 };
 int gf_wait(gf_state *st, gf_sel *s, const gf_deadline *d);
+/* gf_wait, but with keep_exception a main-thread wait that fired although a signal handler raised returns
+ * GF_WAIT_FIRED_RAISED with the exception still set: the caller either undoes the outcome (a receive puts
+ * its value back) and raises, or calls gf_defer_current_exception() and keeps it. */
+int gf_wait_ex(gf_state *st, gf_sel *s, const gf_deadline *d, int keep_exception);
+/* Main thread: have the exception being raised raised again at the interpreter's next check (a pending
+ * call), and clear it now. */
+void gf_defer_current_exception(void);
 
-/* Pool worker threads register the flag that asks their blocked waits to give up (interpreter exit):
- * while *flag is non-zero, gf_wait in this thread raises gilfree.Cancelled. NULL unregisters. */
-void gf_set_thread_interrupt(atomic_int *flag);
-atomic_int *gf_current_thread_interrupt(void);
+/* The exit interrupt of a pool: once fired, every wait in the pool's worker threads raises
+ * gilfree.Cancelled. Parked workers are woken by gf_interrupt_fire itself (they do not poll): each wait
+ * registers its gf_sel here while it is parked. Lock order: gf_interrupt.mu, then a gf_sel's mu. */
+struct gf_interrupt {
+    atomic_int flag;        /* 1 once fired; never cleared */
+    pthread_mutex_t mu;     /* guards `parked`; a leaf lock but for the gf_sel mu taken inside */
+    gf_sel *parked;         /* gf_sels of waits parked now, linked through gf_sel.intr_next */
+};
+
+void gf_interrupt_init(gf_interrupt *in);
+void gf_interrupt_fini(gf_interrupt *in);
+/* Set the flag and wake every wait parked on it. Any thread, attached or not. */
+void gf_interrupt_fire(gf_interrupt *in);
+static inline int
+gf_interrupt_fired(const gf_interrupt *in)
+{
+    return in != NULL && atomic_load_explicit(&in->flag, memory_order_acquire);
+}
+
+/* Pool worker threads register their pool's interrupt (NULL unregisters). */
+void gf_set_thread_interrupt(gf_interrupt *in);
+gf_interrupt *gf_current_thread_interrupt(void);
+
+/* After fork, in the child (attached): the calling thread is now the main thread (its waits poll for
+ * signals); a former pool worker gets its asynchronous signals unblocked and forgets its pool. */
+void gf_park_after_fork_child(gf_state *st);
+
+/* The asynchronous signals a pool worker blocks (Ctrl-C belongs to the main thread). SIGSEGV, SIGBUS,
+ * SIGFPE, SIGILL, SIGABRT, SIGTRAP and SIGSYS stay deliverable, so faulthandler names a crashing thread. */
+void gf_async_signal_set(sigset_t *set);
 
 /* --- wake list ------------------------------------------------------------------------------------- */
 

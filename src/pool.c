@@ -44,7 +44,7 @@ typedef struct gf_poolcore {
     gf_waitq submitq;          /* submitters parked on a full queue */
     int shutdown, broken, nthreads, alive, idle, signalled;
     Py_ssize_t submitted, completed, failed, cancelled, running;
-    atomic_int exiting;        /* interpreter exit: channel waits in the workers raise Cancelled */
+    gf_interrupt exiting;      /* interpreter exit: channel waits in the workers raise Cancelled */
     unsigned fork_gen;         /* gf_fork_generation() at creation: a forked child never trusts us */
 } gf_poolcore;
 
@@ -72,7 +72,7 @@ poolcore_new(Py_ssize_t queue_size)
     gf_cond_init_monotonic(&p->work_cv);
     gf_cond_init_monotonic(&p->exit_cv);
     atomic_init(&p->refs, 1);
-    atomic_init(&p->exiting, 0);
+    gf_interrupt_init(&p->exiting);
     p->queue_size = queue_size;
     p->fork_gen = gf_fork_generation();
     return p;
@@ -85,6 +85,7 @@ poolcore_decref(gf_poolcore *p)
         pthread_mutex_destroy(&p->lock);
         pthread_cond_destroy(&p->work_cv);
         pthread_cond_destroy(&p->exit_cv);
+        gf_interrupt_fini(&p->exiting);
         PyMem_RawFree(p);
     }
 }
@@ -132,13 +133,24 @@ task_cancel(gf_task *t, PyObject *exc)
     task_free(t);
 }
 
-/* Under lock: detach the whole queue. */
+/* Under lock: detach the queue but its first `keep` tasks. */
 static gf_task *
-take_queue(gf_poolcore *p, gf_wakelist *wl)
+take_queue(gf_poolcore *p, gf_wakelist *wl, Py_ssize_t keep)
 {
-    gf_task *t = p->head;
-    p->head = p->tail = NULL;
-    p->queued = 0;
+    gf_task *t = p->head, *last = NULL;
+    for (Py_ssize_t k = 0; k < keep && t != NULL; k++) {
+        last = t;
+        t = t->next;
+    }
+    if (last != NULL) {
+        last->next = NULL;
+        p->tail = last;
+        p->queued = keep;
+    }
+    else {
+        p->head = p->tail = NULL;
+        p->queued = 0;
+    }
     gf_waiter *w;
     while ((w = gf_waitq_claim_first(&p->submitq)) != NULL) {
         gf_sel_fire(w->sel, 0, 1, NULL, wl);
@@ -204,12 +216,14 @@ run_task(gf_poolcore *p, gf_task *t)
     if (t->job != NULL) { /* a parallel_for helper: kernels run with no thread state attached */
         gf_job *j = t->job;
         Py_BEGIN_ALLOW_THREADS
-        gf_job_work(j);
+        gf_job_work(j, -1);
         Py_END_ALLOW_THREADS
         task_free(t);
-        pthread_mutex_lock(&p->lock);
-        p->running--;
-        pthread_mutex_unlock(&p->lock);
+        if (!poolcore_forked(p)) {
+            pthread_mutex_lock(&p->lock);
+            p->running--;
+            pthread_mutex_unlock(&p->lock);
+        }
         return;
     }
     int outcome; /* 0 completed, 1 failed, 2 cancelled */
@@ -249,6 +263,9 @@ run_task(gf_poolcore *p, gf_task *t)
         outcome = 2;
     }
     task_free(t);
+    if (poolcore_forked(p)) {
+        return; /* a task forked and this is the child: the lock may be held by a thread that is gone */
+    }
     pthread_mutex_lock(&p->lock);
     p->running--;
     if (outcome == 0) {
@@ -271,7 +288,7 @@ worker_broken(worker_start *ws)
     gf_wakelist_init(&wl);
     pthread_mutex_lock(&p->lock);
     p->broken = 1;
-    gf_task *t = take_queue(p, &wl);
+    gf_task *t = take_queue(p, &wl, 0);
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->lock);
     gf_wakelist_run(&wl);
@@ -292,9 +309,9 @@ worker_main(void *arg)
 {
     worker_start *ws = (worker_start *)arg;
     gf_poolcore *p = ws->p;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
+    sigset_t async;
+    gf_async_signal_set(&async);
+    pthread_sigmask(SIG_BLOCK, &async, NULL); /* asynchronous signals are the main thread's */
 #if defined(__linux__)
     char shortname[16]; /* the kernel keeps 15 characters */
     memcpy(shortname, ws->name, sizeof(shortname) - 1);
@@ -320,6 +337,12 @@ worker_main(void *arg)
     gf_task *t;
     while (ok && (t = next_task(p)) != NULL) {
         run_task(p, t);
+        if (poolcore_forked(p)) {
+            /* The task called os.fork() and returned in the child: this thread is the child's only one,
+             * and its copy of the pool must run nothing (its queue is the parent's; its lock may be a
+             * dead thread's). End the child as a script that ran to its end would. */
+            Py_Exit(0);
+        }
     }
     gf_set_thread_interrupt(NULL);
     PyMem_RawFree(ws);
@@ -515,6 +538,12 @@ gf_pool_stopped(PyObject *pool)
 }
 
 int
+gf_pool_max_workers(PyObject *pool)
+{
+    return POOL_CAST(pool)->max_workers;
+}
+
+int
 gf_pool_post_helpers(PyObject *pool, gf_job *j, int count)
 {
     gf_poolcore *p = POOL_CAST(pool)->p;
@@ -690,13 +719,17 @@ error:
 
 static const char *const shutdown_names[] = {"wait", "cancel_futures"};
 
-/* Wait (GIL released; Ctrl-C on the main thread) until at most `keep` workers are alive. */
+/* Wait (GIL released; Ctrl-C on the main thread) until at most `keep` workers are alive, or the deadline
+ * (NULL: none) passes. 0 done, 1 timed out, -1 an exception. */
 static int
-wait_for_workers(PoolObject *self, int keep)
+wait_for_workers(PoolObject *self, int keep, const gf_deadline *d)
 {
     gf_poolcore *p = self->p;
     int is_main = PyThread_get_thread_ident() == self->st->main_ident;
     for (;;) {
+        if (d != NULL && gf_deadline_passed(d)) {
+            return 1;
+        }
         int alive;
         Py_BEGIN_ALLOW_THREADS
         struct timespec until;
@@ -728,7 +761,9 @@ shutdown_core(PoolObject *self, int wait, int cancel_futures)
     gf_wakelist_init(&wl);
     pthread_mutex_lock(&p->lock);
     p->shutdown = 1;
-    gf_task *t = cancel_futures ? take_queue(p, &wl) : NULL;
+    /* cancel_futures: a task a worker was already woken for is as good as taken by it (it runs, as with
+     * ThreadPoolExecutor, whose workers hold the tasks they took); the rest is cancelled. */
+    gf_task *t = cancel_futures ? take_queue(p, &wl, p->signalled) : NULL;
     gf_waiter *w;
     while ((w = gf_waitq_claim_first(&p->submitq)) != NULL) {
         gf_sel_fire(w->sel, 0, 1, NULL, &wl); /* parked submitters see the shutdown */
@@ -751,8 +786,14 @@ shutdown_core(PoolObject *self, int wait, int cancel_futures)
     if (!wait) {
         return 0;
     }
-    /* Called from one of our own workers: wait for the others only. */
-    return wait_for_workers(self, gf_current_thread_interrupt() == &p->exiting ? 1 : 0);
+    if (gf_current_thread_interrupt() == &p->exiting) {
+        /* One of our own workers: it would wait for itself (and two such tasks for each other). The pool
+         * is shut down all the same; as ThreadPoolExecutor's join of the current thread does, say so. */
+        PyErr_SetString(PyExc_RuntimeError, "cannot join current thread: shutdown(wait=True) called from a "
+                                            "task of the same pool (use wait=False there)");
+        return -1;
+    }
+    return wait_for_workers(self, 0, NULL);
 }
 
 static PyObject *
@@ -818,10 +859,53 @@ static PyObject *
 pool_interrupt_waits(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     gf_poolcore *p = POOL_CAST(op)->p;
-    if (p != NULL) {
-        atomic_store(&p->exiting, 1);
+    if (p != NULL && !poolcore_forked(p)) {
+        gf_interrupt_fire(&p->exiting); /* wakes the waits parked in the workers */
     }
     Py_RETURN_NONE;
+}
+
+static const char *const join_names[] = {"timeout"};
+
+/* _join_workers(timeout=None): wait until every worker thread has ended. True if they have. */
+static PyObject *
+pool_join_workers(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PoolObject *self = POOL_CAST(op);
+    PyObject *a[1];
+    gf_deadline d;
+    if (gf_parse_args("_join_workers", args, nargs, kwnames, join_names, 0, 1, a) < 0 ||
+        gf_deadline_from_timeout(a[0], &d, "timeout") < 0) {
+        return NULL;
+    }
+    if (self->p == NULL || poolcore_forked(self->p)) {
+        Py_RETURN_TRUE;
+    }
+    if (gf_current_thread_interrupt() == &self->p->exiting) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot join current thread");
+        return NULL;
+    }
+    int r = wait_for_workers(self, 0, &d);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *
+pool_get_broken(PyObject *op, void *Py_UNUSED(closure))
+{
+    gf_poolcore *p = POOL_CAST(op)->p;
+    int broken = 0;
+    if (p != NULL && !poolcore_forked(p)) {
+        pthread_mutex_lock(&p->lock);
+        broken = p->broken;
+        pthread_mutex_unlock(&p->lock);
+    }
+    if (broken) {
+        return PyUnicode_FromString("A thread initializer failed, the thread pool is not usable anymore");
+    }
+    Py_RETURN_FALSE;
 }
 
 static PyObject *
@@ -917,12 +1001,16 @@ static PyMethodDef pool_methods[] = {
      "stats()\n--\n\nCounts: submitted, completed, failed, cancelled, queued, running, workers."},
     {"_interrupt_waits", pool_interrupt_waits, METH_NOARGS, NULL},
     {"_run_inline", pool_run_inline, METH_O, NULL},
+    {"_join_workers", (PyCFunction)(void (*)(void))pool_join_workers, METH_FASTCALL | METH_KEYWORDS,
+     "_join_workers(timeout=None)\n--\n\nWait until every worker thread has ended; True if they have."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef pool_getset[] = {
     {"max_workers", pool_get_max_workers, NULL, "The number of worker threads.", NULL},
     {"queue_size", pool_get_queue_size, NULL, "Tasks allowed to wait to start (0: unbounded).", NULL},
+    {"_broken", pool_get_broken, NULL, "False, or why the pool is broken (as ThreadPoolExecutor._broken).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

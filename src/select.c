@@ -25,32 +25,37 @@
 
 /* ---- locking several channels ------------------------------------------------------------------- */
 
-/* Fill order[] with the indices of distinct channels, sorted by address. Returns their number. */
+typedef struct {
+    uintptr_t ch;
+    int index;
+} order_key;
+
 static int
-lock_order(gf_case *cases, int n, int *order)
+order_key_cmp(const void *a, const void *b)
 {
-    int m = 0;
+    const order_key *x = a, *y = b;
+    return x->ch < y->ch ? -1 : x->ch > y->ch ? 1 : x->index - y->index;
+}
+
+/* Fill order[] with the indices of distinct channels, sorted by address (qsort: O(n log n), as Go's
+ * sellock sorts with heapsort). `keys` has room for n. Returns their number. */
+static int
+lock_order(gf_case *cases, int n, int *order, order_key *keys)
+{
+    int k = 0;
     for (int i = 0; i < n; i++) {
-        ChannelObject *ch = cases[i].ch;
-        if (ch == NULL) {
-            continue;
+        if (cases[i].ch != NULL) {
+            keys[k].ch = (uintptr_t)cases[i].ch;
+            keys[k].index = i;
+            k++;
         }
-        int j = m, dup = 0;
-        while (j > 0 && (uintptr_t)cases[order[j - 1]].ch >= (uintptr_t)ch) {
-            if (cases[order[j - 1]].ch == ch) {
-                dup = 1;
-                break;
-            }
-            j--;
+    }
+    qsort(keys, (size_t)k, sizeof(order_key), order_key_cmp);
+    int m = 0;
+    for (int j = 0; j < k; j++) {
+        if (j == 0 || keys[j].ch != keys[j - 1].ch) {
+            order[m++] = keys[j].index;
         }
-        if (dup) {
-            continue;
-        }
-        for (int k = m; k > j; k--) {
-            order[k] = order[k - 1];
-        }
-        order[j] = i;
-        m++;
     }
     return m;
 }
@@ -77,8 +82,10 @@ int
 gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline *d, gf_outcome *out)
 {
     int pollbuf[GF_SMALL_SELECT], orderbuf[GF_SMALL_SELECT];
+    order_key keybuf[GF_SMALL_SELECT];
     gf_waiter waitbuf[GF_SMALL_SELECT];
     int *poll = pollbuf, *order = orderbuf;
+    order_key *keys = keybuf;
     gf_waiter *ws = waitbuf;
     int ret = -1, sel_ready = 0, nactive = 0;
     gf_sel sel;
@@ -92,7 +99,8 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
         poll = PyMem_Malloc((size_t)n * sizeof(int));
         order = PyMem_Malloc((size_t)n * sizeof(int));
         ws = PyMem_Malloc((size_t)n * sizeof(gf_waiter));
-        if (poll == NULL || order == NULL || ws == NULL) {
+        keys = PyMem_Malloc((size_t)n * sizeof(order_key));
+        if (poll == NULL || order == NULL || ws == NULL || keys == NULL) {
             PyErr_NoMemory();
             goto done;
         }
@@ -107,7 +115,7 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
         poll[i] = poll[j];
         poll[j] = t;
     }
-    int m = lock_order(cases, n, order);
+    int m = lock_order(cases, n, order, keys);
 
     /* Pass 1: poll. Repeated once if we had to unlock to prepare the gf_sel for parking. */
     for (;;) {
@@ -166,8 +174,11 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
         sel_ready = 1;
     }
 
-    /* Pass 2: queue a waiter per case (channels still locked), unlock, park. */
-    for (int i = 0; i < n; i++) {
+    /* Pass 2: queue a waiter per case (channels still locked), unlock, park. In the random poll order: when
+     * several cases wait on one channel (select(c.recv, c.recv)), the one queued first is served first, so
+     * this order is what makes a parked select choose uniformly too. */
+    for (int k = 0; k < n; k++) {
+        int i = poll[k];
         gf_case *c = &cases[i];
         if (c->ch == NULL) {
             continue;
@@ -183,8 +194,8 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     }
     unlock_all(cases, order, m);
 
-    int w = gf_wait(st, &sel, d);
-    enum { FIRED, TIMED_OUT, RAISED } outcome = w == GF_WAIT_FIRED ? FIRED
+    int w = gf_wait_ex(st, &sel, d, 1);
+    enum { FIRED, TIMED_OUT, RAISED } outcome = w == GF_WAIT_FIRED || w == GF_WAIT_FIRED_RAISED ? FIRED
                                               : w == GF_WAIT_TIMED_OUT ? TIMED_OUT : RAISED;
 
     /* Pass 3: unlink the waiters still queued, and take back the values not sent. */
@@ -201,6 +212,20 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
         if (cases[i].ch != NULL && ws[i].value != NULL) {
             cases[i].value = ws[i].value; /* released below, with the lock free */
             ws[i].value = NULL;
+        }
+    }
+    if (outcome == FIRED && w == GF_WAIT_FIRED_RAISED) {
+        /* A signal handler raised (Ctrl-C) as a peer completed us. A received value goes back in front of
+         * its channel and the exception is raised: the call took nothing, so a batch or a value can never
+         * be lost between the call and its caller. A send cannot be undone: it is kept, and the exception
+         * raised right after the call returns. */
+        gf_case *c = &cases[sel.fired];
+        if (!c->is_send && !sel.closed && sel.result != NULL && gf_chan_put_back(c->ch, sel.result) == 0) {
+            sel.result = NULL;
+            outcome = RAISED;
+        }
+        else {
+            gf_defer_current_exception();
         }
     }
     if (outcome == FIRED) {
@@ -225,6 +250,7 @@ done:
         PyMem_Free(poll);
         PyMem_Free(order);
         PyMem_Free(ws);
+        PyMem_Free(keys);
     }
     return ret;
 }

@@ -113,10 +113,25 @@ def test_shutdown_without_wait_returns_at_once() -> None:
     assert f.result(timeout=5)
 
 
-def test_shutdown_from_a_task_does_not_deadlock() -> None:
+def test_shutdown_wait_from_a_task_raises_like_threadpoolexecutor() -> None:
     pool = ThreadPool(2)
     f = pool.submit(lambda: pool.shutdown(wait=True))
-    assert f.result(timeout=10) is None
+    with pytest.raises(RuntimeError, match="cannot join current thread"):
+        f.result(timeout=10)
+    with pytest.raises(RuntimeError, match="shutdown"):  # it was shut down all the same
+        pool.submit(lambda: None)
+    g = ThreadPool(2)
+    assert g.submit(lambda: g.shutdown(wait=False)).result(timeout=10) is None
+
+
+def test_two_tasks_shutting_their_pool_down_do_not_hang_exit() -> None:
+    code = ("import gilfree\n"
+            "pool = gilfree.ThreadPool(2)\n"
+            "fs = [pool.submit(pool.shutdown, wait=True) for _ in range(2)]\n"
+            "print(sorted(type(f.exception(timeout=10)).__name__ for f in fs))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "RuntimeError" in out.stdout
 
 
 def test_with_statement_shuts_down() -> None:

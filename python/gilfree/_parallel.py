@@ -6,12 +6,16 @@ function pointer, a cffi function pointer, or any object with an integer ``.addr
 are taken dynamically by the pool's threads, none of which has a Python thread state attached while a
 kernel runs; the caller waits with the GIL released (the main thread only waits, so Ctrl-C stops the
 hand-out within 50 ms and raises KeyboardInterrupt once the running chunks end; any other caller, a pool
-task included, takes chunks too, so it never deadlocks on a busy pool).
+task included, takes chunks too, so it never deadlocks on a busy pool; the main thread also works chunks
+itself, one at a time between signal checks, when no helper is inside one for 50 ms).
+
+A kernel only ever sees ``0 <= begin < end <= n``, each index exactly once, for any ``n`` and ``grain`` up
+to 2**63-1. A bad function pointer crashes the process, exactly as it would in C: faulthandler
+(``python -X faulthandler``) then names the crashing thread.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import threading
@@ -23,6 +27,7 @@ from ._pool import ThreadPool
 __all__ = ["KernelError", "gil_enabled", "parallel_for", "default_pool"]
 
 KernelError = _core.KernelError
+_INT64_MAX = (1 << 63) - 1
 
 _default: ThreadPool | None = None
 _default_lock = threading.Lock()
@@ -53,12 +58,19 @@ def gil_enabled() -> bool:
     return True if probe is None else bool(probe())
 
 
+def _ctypes() -> Any:
+    """ctypes if the program imported it (a ctypes object can exist only then), else None: gilfree itself
+    never imports it, so it imports on builds without _ctypes (minimal and embedded ones)."""
+    return sys.modules.get("ctypes")
+
+
 def _kernel_address(kernel: Any) -> int:
     if isinstance(kernel, bool):
         raise TypeError("kernel must be a C function (address, ctypes, cffi or .address), not bool")
+    ctypes = _ctypes()
     if isinstance(kernel, int):
         address = kernel
-    elif isinstance(kernel, ctypes._CFuncPtr):  # type: ignore[attr-defined]
+    elif ctypes is not None and isinstance(kernel, ctypes._CFuncPtr):
         address = ctypes.cast(kernel, ctypes.c_void_p).value or 0
     elif type(kernel).__module__ == "_cffi_backend":
         import cffi  # type: ignore[import-untyped,unused-ignore]  # only for a cffi object
@@ -83,23 +95,27 @@ def _arg_address(arg: Any) -> int:
         if arg < 0 or arg >= 1 << 64:
             raise ValueError(f"arg address out of range: {arg}")
         return arg
+    ctypes = _ctypes()
+    if ctypes is None:
+        raise TypeError(f"arg must be an int address, a ctypes pointer or object, or None, not {type(arg).__name__}")
     if isinstance(arg, ctypes._Pointer):
-        return ctypes.cast(arg, ctypes.c_void_p).value or 0
+        return int(ctypes.cast(arg, ctypes.c_void_p).value or 0)
     if isinstance(arg, ctypes.c_void_p):
-        return arg.value or 0
+        return int(arg.value or 0)
     if isinstance(arg, (ctypes._SimpleCData, ctypes.Structure, ctypes.Union, ctypes.Array)):
-        return ctypes.addressof(arg)
+        return int(ctypes.addressof(arg))
     raise TypeError(f"arg must be an int address, a ctypes pointer or object, or None, not {type(arg).__name__}")
 
 
 def _workers(workers: int | None, pool: ThreadPool) -> int:
+    """The participants: ``workers`` capped at the pool's size (more would only queue idle helpers)."""
     if workers is None:
         return pool.max_workers
     if isinstance(workers, bool) or not isinstance(workers, int):
         raise TypeError(f"workers must be an int or None, not {type(workers).__name__}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    return workers
+    return min(workers, pool.max_workers)
 
 
 def _pool(pool: ThreadPool | None) -> ThreadPool:
@@ -119,11 +135,14 @@ def parallel_for(n: int, kernel: Any, arg: Any = 0, *, workers: int | None = Non
         raise TypeError(f"n must be an int, not {type(n).__name__}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if n > _INT64_MAX:
+        raise OverflowError(f"n must be at most 2**63-1, got {n}")
     if grain is not None:
         if isinstance(grain, bool) or not isinstance(grain, int):
             raise TypeError(f"grain must be an int or None, not {type(grain).__name__}")
         if grain < 1:
             raise ValueError(f"grain must be >= 1, got {grain}")
+        grain = min(grain, max(n, 1))  # one chunk at most: a larger grain means the same
     address = _kernel_address(kernel)
     arg_address = _arg_address(arg)
     p = _pool(pool)

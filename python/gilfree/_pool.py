@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -31,12 +32,46 @@ def _shutdown_all_at_exit() -> None:
     """Runs before interpreter finalization (threading._register_atexit): no worker may still need the
     interpreter after it. Waits inside the workers (channels, futures) give up with gilfree.Cancelled; the
     queued tasks still run, as with ThreadPoolExecutor."""
+    _core._stop_kernels()  # running parallel_for jobs hand out no more chunks; running ones stop soon
     with _live_lock:
         pools = list(_live_pools)
     for pool in pools:
         pool._interrupt_waits()
     for pool in pools:
-        pool.shutdown(wait=True)
+        try:
+            pool.shutdown(wait=True)
+        except BaseException:  # noqa: BLE001 - one pool's failure must not leave the others running
+            import traceback
+
+            traceback.print_exc()
+
+
+if hasattr(os, "register_at_fork"):
+    # The forking thread is the child's main thread now: its waits must see Ctrl-C.
+    os.register_at_fork(after_in_child=_core._after_fork_child)
+
+
+class _WorkerThread:
+    """What ThreadPoolExecutor._threads holds, for code written against it: a worker's name, and join(),
+    which returns once the pool's workers have all ended (so this one has)."""
+
+    __slots__ = ("_pool", "name")
+
+    def __init__(self, pool: ThreadPool, name: str) -> None:
+        self._pool = weakref.ref(pool)
+        self.name = name
+
+    def join(self, timeout: float | None = None) -> None:
+        pool = self._pool()
+        if pool is not None:
+            pool._join_workers(timeout)
+
+    def is_alive(self) -> bool:
+        pool = self._pool()
+        return pool is not None and pool.stats()["workers"] > 0
+
+    def __repr__(self) -> str:
+        return f"<gilfree worker {self.name!r}>"
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
@@ -61,10 +96,16 @@ class ThreadPool(_core.Pool, cf.Executor):
             if not _exit_hook_installed:
                 threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
                 _exit_hook_installed = True
+        self._threads = {_WorkerThread(self, f"{thread_name_prefix}_{i}") for i in range(self.max_workers)}
 
     if TYPE_CHECKING:
         # At run time submit is the C method of _core.Pool; this is its type.
         def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]: ...
+
+    @property
+    def _max_workers(self) -> int:
+        """ThreadPoolExecutor's name for max_workers (read-only)."""
+        return self.max_workers
 
     def __repr__(self) -> str:
         return f"<gilfree.ThreadPool max_workers={self.max_workers} queue_size={self.queue_size}>"
@@ -154,13 +195,20 @@ class ThreadPool(_core.Pool, cf.Executor):
                     f = pending.popleft()
                     if end_time is None and not f.done():
                         run_inline(f)  # not started yet: run it here rather than wait for a worker
-                    value = _result(f, ctx, None if end_time is None else max(0.0, end_time - time.monotonic()))
+                    try:
+                        value = _result(f, ctx, None if end_time is None else max(0.0, end_time - time.monotonic()))
+                    except BaseException:
+                        f.cancel()  # timed out (or interrupted): it must not start later
+                        raise
+                    del f  # the iterator keeps no reference to a result once it is yielded
                     if more:
                         more = self._fill(pending, submit_next, buffersize, ctx)
+                    box = [value]
+                    del value
                     if chunked:
-                        yield from value
+                        yield from _drain(box)
                     else:
-                        yield value
+                        yield box.pop()
                 if ctx is not None and ctx.err() is not None:
                     raise ctx.err()
             finally:
@@ -194,14 +242,17 @@ class ThreadPool(_core.Pool, cf.Executor):
                         raise TimeoutError("map() did not produce a result in time") from None
                     in_flight.discard(f)
                     value = _result(f, ctx)
+                    del f
                     if more:
                         room = buffersize - len(in_flight)
                         more = self._fill(pending, submit_next, room, ctx, on_submit)
                         pending.clear()
+                    box = [value]
+                    del value
                     if chunked:
-                        yield from value
+                        yield from _drain(box)
                     else:
-                        yield value
+                        yield box.pop()
                 if ctx is not None and ctx.err() is not None:
                     raise ctx.err()
             finally:
@@ -210,6 +261,14 @@ class ThreadPool(_core.Pool, cf.Executor):
                 if cancel_hook is not None:
                     cancel_hook()
         return results()
+
+
+def _drain(box: list[list[Any]]) -> Iterator[Any]:
+    """Yield a chunk's results, keeping no reference to those already yielded."""
+    chunk = box.pop()
+    chunk.reverse()
+    while chunk:
+        yield chunk.pop()
 
 
 def _result(f: cf.Future[Any], ctx: Any, timeout: float | None = None) -> Any:

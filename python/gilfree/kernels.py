@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any, Sequence
 
 from . import _core
@@ -26,6 +27,9 @@ def _int(value: Any, name: str) -> int:
 def count_primes(lo: int, hi: int, *, workers: int | None = None, pool: ThreadPool | None = None) -> int:
     """The number of primes in [lo, hi) by trial division: CPU-bound integer work, uneven per number."""
     lo, hi = _int(lo, "lo"), _int(hi, "hi")
+    for name, v in (("lo", lo), ("hi", hi)):
+        if not -(1 << 63) <= v < 1 << 63:
+            raise OverflowError(f"{name} must fit in 64 bits (in [-2**63, 2**63)), got {v}")
     p = _pool(pool)
     return int(_core._count_primes(lo, max(lo, hi), _workers(workers, p), p))
 
@@ -38,6 +42,8 @@ def mandelbrot(width: int, height: int, max_iter: int, *, x: float = -2.0, y: fl
     width, height, max_iter = _int(width, "width"), _int(height, "height"), _int(max_iter, "max_iter")
     if width < 0 or height < 0:
         raise ValueError("width and height must be >= 0")
+    if width * height * 2 > sys.maxsize:
+        raise OverflowError(f"width*height ({width} x {height}) is too large")
     if not 0 <= max_iter <= 65535:
         raise ValueError("max_iter must be in [0, 65535] (counts are uint16)")
     for name, v in (("x", x), ("y", y), ("w", w), ("h", h)):
@@ -68,8 +74,8 @@ def monte_carlo_pi(samples: int, seed: int = 0, *, workers: int | None = None,
     """Estimate pi from ``samples`` random points; per-block RNG streams, so a seed gives the same result
     at any worker count."""
     samples, seed = _int(samples, "samples"), _int(seed, "seed")
-    if samples < 1:
-        raise ValueError("samples must be >= 1")
+    if not 1 <= samples <= 1 << 53:
+        raise ValueError(f"samples must be in [1, 2**53] (the hit count is exact in a float), got {samples}")
     if not 0 <= seed < 1 << 64:
         raise ValueError("seed must be in [0, 2**64)")
     p = _pool(pool)
@@ -87,8 +93,10 @@ def sleep(seconds: float, count: int = 1, *, workers: int | None = None, pool: T
           ) -> None:
     """``count`` blocking sleeps of ``seconds`` each, spread over the workers, GIL released: the I/O-bound
     baseline (wall time about ceil(count / workers) * seconds)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise ValueError("seconds must be a non-negative number")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
+    if not 0 <= seconds <= 1e9:  # NaN and inf fail too
+        raise ValueError(f"seconds must be a finite number in [0, 1e9], got {seconds!r}")
     count = _int(count, "count")
     if count < 0:
         raise ValueError("count must be >= 0")
@@ -100,8 +108,10 @@ def read_files(paths: Sequence[str | os.PathLike[str]], *, block_size: int = 1 <
                workers: int | None = None, pool: ThreadPool | None = None) -> list[int]:
     """Read every file to its end in ``block_size`` blocks, GIL released; the bytes read per file. OSError
     (with the file name) if one cannot be read."""
+    if isinstance(paths, (str, bytes, bytearray, os.PathLike)):
+        raise TypeError(f"paths must be a sequence of paths, not a single {type(paths).__name__}")
     block_size = _int(block_size, "block_size")
-    if block_size < 1:
-        raise ValueError("block_size must be >= 1")
+    if not 1 <= block_size <= 1 << 30:
+        raise ValueError(f"block_size must be in [1, 2**30], got {block_size}")
     p = _pool(pool)
     return list(_core._read_files([os.fspath(x) for x in paths], block_size, _workers(workers, p), p))
