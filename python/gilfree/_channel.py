@@ -8,8 +8,9 @@ callable that hops back to the loop with ``loop.call_soon_threadsafe``.
 Cancellation: cancelling the awaiting task withdraws the pending operation in C, so nothing is sent or
 taken. If a peer completed it in the same instant: a recv puts the value it took back in front of the channel
 (the next receiver gets it) and the task is cancelled as asked; a send, whose value is already in a
-receiver's hands, returns normally and the cancellation is re-armed, raising at the task's next await.
-Nothing is lost, nothing duplicated, and no cancellation is swallowed.
+receiver's hands, returns normally (it happened), and the task's cancelling() count stays as the canceller
+left it, so asyncio.timeout() and wait_for() report the completed send instead of a timeout. Nothing is lost
+or duplicated.
 """
 
 from __future__ import annotations
@@ -55,11 +56,9 @@ async def _await_op(op: Any, fut: asyncio.Future[None]) -> Any:
         except asyncio.CancelledError:
             if op.cancel():
                 raise  # withdrawn, or a received value put back: nothing was sent or taken
-            # A send completed as we were cancelled: it was delivered; re-arm the cancellation.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-                task.cancel()
+            # A send completed as we were cancelled: the value was delivered, so the send returns, as
+            # asyncio does for an operation that completed (the task's cancelling() count is left as the
+            # canceller set it: asyncio.timeout()/wait_for() then see a completed send, not a timeout).
     return op.result()
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from typing import Callable
 
 from . import _core
 from ._channel import Channel
-from ._timer import _timers
+from ._timer import _Timer, _timers
 
 __all__ = ["Context", "Cancelled", "DeadlineExceeded"]
 
@@ -32,16 +33,18 @@ class Context:
     .with_deadline(monotonic_t)."""
 
     __module__ = "gilfree"
-    __slots__ = ("_parent", "_done", "_err", "_lock", "_children", "_hooks", "_deadline", "__weakref__")
+    __slots__ = ("_parent", "_done", "_err", "_lock", "_children", "_hooks", "_deadline", "_timer",
+                 "__weakref__")
 
     def __init__(self, _parent: Context | None = None, _deadline: float | None = None) -> None:
         self._parent = _parent
         self._done: Channel[None] = Channel(0)
         self._err: _core.Cancelled | None = None
         self._lock = threading.Lock()
-        self._children: list[Context] = []
+        self._children: dict[Context, None] = {}  # insertion-ordered; O(1) removal when a child ends
         self._hooks: list[Callable[[], None]] = []
         self._deadline = _deadline
+        self._timer: _Timer | None = None
 
     @staticmethod
     def background() -> Context:
@@ -73,7 +76,21 @@ class Context:
             if delay <= 0:
                 child._end(DeadlineExceeded("context deadline exceeded"))
             else:
-                _timers.call_later(delay, lambda: child._end(DeadlineExceeded("context deadline exceeded")))
+                # The timer holds the child only weakly, and cancel() withdraws it: a cancelled context
+                # is freed at once, not at its deadline.
+                ref = weakref.ref(child)
+
+                def expire() -> None:
+                    c = ref()
+                    if c is not None:
+                        c._end(DeadlineExceeded("context deadline exceeded"))
+                timer = _timers.call_later(delay, expire)
+                with child._lock:
+                    ended = child._err is not None
+                    if not ended:
+                        child._timer = timer
+                if ended:
+                    timer.cancel()
         return child
 
     def _child(self, deadline: float | None) -> Context:
@@ -81,7 +98,7 @@ class Context:
         with self._lock:
             err = self._err
             if err is None:
-                self._children.append(child)
+                self._children[child] = None
         if err is not None:
             child._end(err)
         return child
@@ -105,24 +122,27 @@ class Context:
         self._end(Cancelled("context cancelled"))
 
     def _end(self, err: _core.Cancelled) -> None:
-        with self._lock:
-            if self._err is not None:
-                return
-            self._err = err
-            children, self._children = self._children, []
-            hooks, self._hooks = self._hooks, []
-        self._done.close()
-        for child in children:
-            child._end(err)
-        for hook in hooks:
-            hook()
-        parent = self._parent
-        if parent is not None:
-            with parent._lock:
-                try:
-                    parent._children.remove(self)
-                except ValueError:
-                    pass
+        """End this context and, iteratively (no recursion limit), every descendant."""
+        stack: list[Context] = [self]
+        while stack:
+            ctx = stack.pop()
+            with ctx._lock:
+                if ctx._err is not None:
+                    continue
+                ctx._err = err
+                children, ctx._children = ctx._children, {}
+                hooks, ctx._hooks = ctx._hooks, []
+                timer, ctx._timer = ctx._timer, None
+            if timer is not None:
+                timer.cancel()
+            ctx._done.close()
+            for hook in hooks:
+                hook()
+            parent = ctx._parent
+            if parent is not None and ctx is self:  # a descendant's parent is ending too: leave it be
+                with parent._lock:
+                    parent._children.pop(ctx, None)
+            stack.extend(reversed(list(children)))
 
     def _on_cancel(self, hook: Callable[[], None]) -> Callable[[], None]:
         """Run hook when the context ends (now, if it has); returns a remover."""

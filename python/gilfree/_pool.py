@@ -136,6 +136,11 @@ class ThreadPool(_core.Pool, cf.Executor):
                 raise TypeError("timeout must be a number or None")
             if not timeout >= 0:
                 raise ValueError("timeout must be non-negative")
+        if ctx is not None:
+            from ._context import Context
+
+            if not isinstance(ctx, Context):
+                raise TypeError(f"ctx must be a gilfree.Context or None, not {type(ctx).__name__}")
         end_time = None if timeout is None else time.monotonic() + timeout
         inputs = zip(*iterables)
         if chunksize == 1:

@@ -79,6 +79,9 @@ class ActorRef:
         self._cls, self._args, self._kwargs, self._pool = cls, args, kwargs, pool
         self._mailbox: Channel[tuple[Any, Future[Any] | None]] = Channel(mailbox if mailbox else None)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a receive ends
+        self._busy: int | None = None  # the thread ident running receive now, or None
+        self._stop_after_receive = False  # stop() called from inside receive: on_stop runs once it returns
         self._scheduled = False
         self._stopped = False
         self._supervisor: Supervisor | None = None
@@ -131,19 +134,40 @@ class ActorRef:
             self._handle(message, fut)
 
     def _handle(self, message: Any, fut: Future[Any] | None) -> None:
+        with self._lock:
+            if self._stopped:  # taken from the mailbox as stop() closed it
+                if fut is not None and fut.set_running_or_notify_cancel():
+                    fut.set_exception(ActorStopped(f"{self._cls.__name__} stopped"))
+                return
+            self._busy = threading.get_ident()
+        try:
+            self._receive(message, fut)
+        finally:
+            with self._lock:
+                self._busy = None
+                stop_now, self._stop_after_receive = self._stop_after_receive, False
+                self._idle.notify_all()
+            if stop_now:
+                self._instance.on_stop()
+
+    def _receive(self, message: Any, fut: Future[Any] | None) -> None:
         if fut is not None and not fut.set_running_or_notify_cancel():
             return
         instance = self._instance
         try:
             result = instance.receive(message)
         except BaseException as e:  # noqa: BLE001 - the actor's failure, handled below
-            if fut is not None:
-                fut.set_exception(e)
+            # The state first (on_failure, the supervisor's restart), then the ask's answer: whoever the
+            # answer wakes finds the failure already handled.
             try:
                 instance.on_failure(e)
             finally:
-                if self._supervisor is not None:
-                    self._supervisor._child_failed(self, e)
+                try:
+                    if self._supervisor is not None:
+                        self._supervisor._child_failed(self, e)
+                finally:
+                    if fut is not None:
+                        fut.set_exception(e)
             return
         if fut is not None:
             fut.set_result(result)
@@ -156,16 +180,24 @@ class ActorRef:
             self._instance = self._fresh()
 
     def stop(self) -> None:
-        """Stop (idempotent): later tell/ask raise ActorStopped; queued asks fail with it."""
+        """Stop (idempotent): later tell/ask raise ActorStopped; queued asks fail with it. A receive that is
+        running finishes first: on_stop runs after it (called from inside receive, once receive returns)."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
+            inside = self._busy == threading.get_ident()
+            if inside:
+                self._stop_after_receive = True
+            else:
+                while self._busy is not None:
+                    self._idle.wait()
         self._mailbox.close()
         for message, fut in self._mailbox:
             if fut is not None and fut.set_running_or_notify_cancel():
                 fut.set_exception(ActorStopped(f"{self._cls.__name__} stopped"))
-        self._instance.on_stop()
+        if not inside:
+            self._instance.on_stop()
 
     def __repr__(self) -> str:
         return f"<gilfree.ActorRef {self._cls.__name__} {'alive' if self.alive else 'stopped'}>"
@@ -197,6 +229,7 @@ class Supervisor:
         self._parent = parent
         self._restarts: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
+        self._giving_up = False
         self.children: list[ActorRef] = []
         for spec in children:
             cls, args, kwargs, mailbox = self._spec(spec)
@@ -217,20 +250,24 @@ class Supervisor:
     def _child_failed(self, ref: ActorRef, exc: BaseException) -> None:
         now = time.monotonic()
         with self._lock:
-            if self.failure.done():
+            if self.failure.done() or self._giving_up:
                 return
             self._restarts.append(now)
             while self._restarts and now - self._restarts[0] > self.within:
                 self._restarts.popleft()
             give_up = len(self._restarts) > self.max_restarts
+            self._giving_up = give_up  # one thread stops the children; a sibling failing meanwhile returns
         if give_up:
             self.stop()
+            # The parent is told before `failure` completes: whoever `failure` wakes finds the parent told.
             try:
-                self.failure.set_exception(exc)
-            except cf.InvalidStateError:
-                pass
-            if self._parent is not None:
-                self._parent(exc)
+                if self._parent is not None:
+                    self._parent(exc)
+            finally:
+                try:
+                    self.failure.set_exception(exc)
+                except cf.InvalidStateError:
+                    pass
             return
         i = self.children.index(ref)
         if self.strategy == "one_for_one":
