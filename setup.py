@@ -11,8 +11,8 @@ import sys
 
 from setuptools import Extension, setup
 
-SOURCES = ["src/module.c", "src/park.c", "src/channel.c", "src/select.c", "src/future.c", "src/pool.c",
-           "src/parallel.c", "src/kernels.c"]
+SOURCES = ["src/module.c", "src/args.c", "src/process.c", "src/park.c", "src/channel.c", "src/asyncop.c",
+           "src/select.c", "src/future.c", "src/pool.c", "src/parallel.c", "src/kernels.c"]
 
 compile_args = ["-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"]
 link_args = []
@@ -48,7 +48,7 @@ setup(
         Extension(
             "gilfree._core",
             sources=SOURCES,
-            depends=["src/gilfree.h", "src/park.h", "src/channel.h", "src/future.h", "src/parallel.h"],
+            depends=["src/gilfree.h", "src/process.h", "src/park.h", "src/channel.h", "src/future.h", "src/parallel.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )

@@ -13,7 +13,7 @@
  *   - Once closed, never open again; no new waiter is queued on a closed channel.
  *   - Every PyObject* in the ring is an owned reference.
  *
- * Also here: _AsyncOp, one pending asyncio send or recv, which the Python layer awaits.
+ * _AsyncOp, one pending asyncio send or recv, lives in asyncop.c.
  */
 #include "channel.h"
 
@@ -67,6 +67,7 @@ ring_push(ChannelObject *ch, PyObject *v)
     }
     ch->buf[(ch->head + ch->count) & (ch->bufsize - 1)] = v;
     ch->count++;
+    GF_ASSERT(ch->count <= ch->bufsize);
     return 0;
 }
 
@@ -104,12 +105,11 @@ gf_chan_try_send(ChannelObject *ch, PyObject *v, gf_wakelist *wl)
     if (ch->closed) {
         return GF_CLOSED;
     }
-    gf_waiter *w = gf_waitq_claim_first(&ch->recvq);
-    if (w != NULL) {
-        gf_sel_fire(w->sel, w->index, 0, v, wl);
+    if (gf_waitq_fire_first(&ch->recvq, 0, v, wl) != NULL) {
         return GF_OK;
     }
     if (ch->capacity < 0 || ch->count < ch->capacity) {
+        GF_ASSERT(ch->recvq.head == NULL); /* fire_first above unlinked every stale waiter */
         return ring_push(ch, v) < 0 ? GF_NOMEM : GF_OK;
     }
     return GF_WOULDBLOCK;
@@ -122,70 +122,39 @@ gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl)
     if (ch->count > 0) {
         *out = ring_pop(ch);
         /* A slot is free: move the first parked sender's value in, keeping its place in line. */
-        if (ch->count < ch->capacity && (w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
+        if (ch->count < ch->capacity && (w = gf_waitq_fire_first(&ch->sendq, 0, NULL, wl)) != NULL) {
             (void)ring_push(ch, w->value); /* cannot fail: a slot was just freed */
             w->value = NULL;
-            gf_sel_fire(w->sel, w->index, 0, NULL, wl);
         }
         return GF_OK;
     }
-    if ((w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
+    if ((w = gf_waitq_fire_first(&ch->sendq, 0, NULL, wl)) != NULL) {
         *out = w->value;
         w->value = NULL;
-        gf_sel_fire(w->sel, w->index, 0, NULL, wl);
         return GF_OK;
     }
     return ch->closed ? GF_CLOSED : GF_WOULDBLOCK;
 }
 
-/* ---- argument helpers --------------------------------------------------------------------------- */
-
 int
-gf_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-              const char *const *names, int nrequired, int nmax, PyObject **out)
+gf_chan_put_back(ChannelObject *ch, PyObject *v)
 {
-    for (int i = 0; i < nmax; i++) {
-        out[i] = NULL;
+    gf_wakelist wl;
+    gf_wakelist_init(&wl);
+    int rc = 0;
+    gf_chan_lock(ch);
+    if ((ch->count > 0 || gf_waitq_fire_first(&ch->recvq, 0, v, &wl) == NULL) && ring_push_front(ch, v) < 0) {
+        rc = -1;
     }
-    if (nargs > nmax) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname, nmax, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        out[i] = args[i];
-    }
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        int found = 0;
-        for (int i = 0; i < nmax; i++) {
-            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
-                if (out[i] != NULL) {
-                    PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
-                                 names[i]);
-                    return -1;
-                }
-                out[i] = args[nargs + k];
-                found = 1;
-                break;
-            }
-        }
-        if (!found) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, key);
-            return -1;
-        }
-    }
-    for (int i = 0; i < nrequired; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[i]);
-            return -1;
-        }
-    }
-    return 0;
+    gf_chan_unlock(ch);
+    gf_wakelist_run(&wl);
+    return rc;
 }
 
-static PyObject *
-raise_closed(gf_state *st, Py_ssize_t sent)
+/* ---- errors ------------------------------------------------------------------------------------- */
+
+PyObject *
+gf_raise_closed(gf_state *st, Py_ssize_t sent)
 {
     PyObject *exc = PyObject_CallFunction(st->ChannelClosed, "s", "channel is closed");
     if (exc == NULL) {
@@ -258,7 +227,7 @@ channel_send_one(ChannelObject *ch, PyObject *value, int block, const gf_deadlin
     case GF_WOULDBLOCK:
         return 1;
     case GF_CLOSED:
-        raise_closed(ch->st, -1);
+        gf_raise_closed(ch->st, -1);
         return -1;
     default:
         PyErr_NoMemory();
@@ -303,7 +272,7 @@ channel_recv_one(ChannelObject *ch, int block, const gf_deadline *d, int *wouldb
     PyObject *v = channel_recv_core(ch, block, d, &status);
     *wouldblock = status == GF_WOULDBLOCK;
     if (status == GF_CLOSED) {
-        return raise_closed(ch->st, -1);
+        return gf_raise_closed(ch->st, -1);
     }
     return v;
 }
@@ -529,7 +498,7 @@ send_batch(ChannelObject *ch, PyObject *const *items, Py_ssize_t n, const gf_dea
             break;
         }
         if (r == GF_CLOSED) {
-            raise_closed(ch->st, -1);
+            gf_raise_closed(ch->st, -1);
             return i;
         }
         if (r == GF_NOMEM) {
@@ -745,14 +714,11 @@ channel_close(PyObject *op, PyObject *Py_UNUSED(ignored))
     gf_wakelist_init(&wl);
     gf_chan_lock(ch);
     if (!ch->closed) {
-        gf_waiter *w;
         ch->closed = 1;
         /* Receivers parked here: the buffer is empty, so each sees the close. Senders keep their value. */
-        while ((w = gf_waitq_claim_first(&ch->recvq)) != NULL) {
-            gf_sel_fire(w->sel, w->index, 1, NULL, &wl);
+        while (gf_waitq_fire_first(&ch->recvq, 1, NULL, &wl) != NULL) {
         }
-        while ((w = gf_waitq_claim_first(&ch->sendq)) != NULL) {
-            gf_sel_fire(w->sel, w->index, 1, NULL, &wl);
+        while (gf_waitq_fire_first(&ch->sendq, 1, NULL, &wl) != NULL) {
         }
     }
     gf_chan_unlock(ch);
@@ -802,6 +768,17 @@ channel_length(PyObject *op)
     Py_ssize_t n = ch->count;
     gf_chan_unlock(ch);
     return n;
+}
+
+/* sys.getsizeof(ch): the object plus its ring (an unbounded channel's ring shrinks after a burst). */
+static PyObject *
+channel_sizeof(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ChannelObject *ch = CHANNEL_CAST(op);
+    gf_chan_lock(ch);
+    Py_ssize_t slots = ch->bufsize;
+    gf_chan_unlock(ch);
+    return PyLong_FromSsize_t(Py_TYPE(op)->tp_basicsize + slots * (Py_ssize_t)sizeof(PyObject *));
 }
 
 static Py_ssize_t
@@ -869,280 +846,6 @@ channel_repr(PyObject *op)
     return r;
 }
 
-/* ---- _AsyncOp: one asyncio send or recv --------------------------------------------------------- */
-
-/* Heap block shared by the _AsyncOp object and any completer still waking it (gf_sel.refs). */
-typedef struct gf_async {
-    gf_sel sel;   /* first member: a gf_sel* is a gf_async* */
-    gf_waiter w;  /* its one case; w.value is the value of a pending send */
-    int is_send;
-} gf_async;
-
-typedef struct {
-    PyObject_HEAD
-    ChannelObject *ch; /* strong: the waiter is queued on it */
-    gf_async *a;       /* NULL once released */
-} AsyncOpObject;
-
-#define ASYNCOP_CAST(op) ((AsyncOpObject *)(op))
-
-static void
-async_free(gf_sel *s)
-{
-    gf_async *a = (gf_async *)s;
-    Py_CLEAR(a->sel.notify);
-    Py_CLEAR(a->sel.result);
-    Py_CLEAR(a->w.value);
-    PyMem_RawFree(a);
-}
-
-/* Withdraw the operation if still pending. 1 withdrawn, 0 it had completed. Attached, no lock held. */
-static int
-asyncop_withdraw(AsyncOpObject *op)
-{
-    gf_async *a = op->a;
-    if (a == NULL) {
-        return 0;
-    }
-    int won = gf_sel_withdraw(&a->sel);
-    PyObject *value = NULL;
-    /* Taking the lock also waits out a completer that claimed it and is still in its critical section. */
-    gf_chan_lock(op->ch);
-    if (won) {
-        gf_waitq_unlink(a->is_send ? &op->ch->sendq : &op->ch->recvq, &a->w);
-        value = a->w.value;
-        a->w.value = NULL;
-    }
-    gf_chan_unlock(op->ch);
-    Py_XDECREF(value); /* a withdrawn send delivered nothing: its value goes back to nobody */
-    return won;
-}
-
-static void
-asyncop_release(AsyncOpObject *op)
-{
-    if (op->a != NULL) {
-        (void)asyncop_withdraw(op);
-        gf_async *a = op->a;
-        op->a = NULL;
-        gf_sel_decref(&a->sel);
-    }
-}
-
-static int
-asyncop_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    AsyncOpObject *op = ASYNCOP_CAST(self);
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(op->ch);
-    if (op->a != NULL) {
-        Py_VISIT(op->a->sel.notify);
-        Py_VISIT(op->a->sel.result);
-        Py_VISIT(op->a->w.value);
-    }
-    return 0;
-}
-
-static int
-asyncop_clear(PyObject *self)
-{
-    AsyncOpObject *op = ASYNCOP_CAST(self);
-    asyncop_release(op);
-    Py_CLEAR(op->ch);
-    return 0;
-}
-
-static void
-asyncop_dealloc(PyObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    (void)asyncop_clear(self);
-    PyObject_GC_Del(self);
-    Py_DECREF(tp);
-}
-
-/* Start an async op: completes at once if it can, else queues a waiter whose completion calls notify. */
-static PyObject *
-channel_async_start(ChannelObject *ch, PyObject *value, PyObject *notify)
-{
-    if (!PyCallable_Check(notify)) {
-        return PyErr_Format(PyExc_TypeError, "notify must be callable");
-    }
-    gf_state *st = ch->st;
-    gf_async *a = (gf_async *)gf_sel_new_async(sizeof(gf_async), notify, async_free);
-    if (a == NULL) {
-        return NULL;
-    }
-    AsyncOpObject *op = PyObject_GC_New(AsyncOpObject, st->asyncop_type);
-    if (op == NULL) {
-        gf_sel_decref(&a->sel);
-        return NULL;
-    }
-    op->ch = (ChannelObject *)Py_NewRef(ch);
-    op->a = a;
-    a->is_send = value != NULL;
-    a->w.sel = &a->sel;
-    a->w.chan = ch;
-    a->w.index = 0;
-    a->w.linked = 0;
-
-    gf_wakelist wl;
-    gf_wakelist_init(&wl);
-    PyObject *v = Py_XNewRef(value), *got = NULL;
-    gf_chan_lock(ch);
-    int r = a->is_send ? gf_chan_try_send(ch, v, &wl) : gf_chan_try_recv(ch, &got, &wl);
-    if (r == GF_WOULDBLOCK) {
-        a->w.value = v; /* moves in */
-        v = NULL;
-        gf_waitq_push(a->is_send ? &ch->sendq : &ch->recvq, &a->w);
-    }
-    else if (r == GF_OK || r == GF_CLOSED) {
-        if (r == GF_OK) {
-            v = NULL; /* delivered */
-        }
-        (void)gf_sel_claim(&a->sel); /* nobody else can see it yet */
-        a->sel.fired = 0;
-        a->sel.closed = r == GF_CLOSED;
-        a->sel.result = got;
-        atomic_store_explicit(&a->sel.signaled, 1, memory_order_release);
-    }
-    gf_chan_unlock(ch);
-    gf_wakelist_run(&wl);
-    Py_XDECREF(v);
-    PyObject_GC_Track((PyObject *)op);
-    if (r == GF_NOMEM) {
-        Py_DECREF(op);
-        return PyErr_NoMemory();
-    }
-    return (PyObject *)op;
-}
-
-static PyObject *
-channel_async_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        return PyErr_Format(PyExc_TypeError, "_async_send(value, notify) takes 2 arguments");
-    }
-    return channel_async_start(CHANNEL_CAST(self), args[0], args[1]);
-}
-
-static PyObject *
-channel_async_recv(PyObject *self, PyObject *notify)
-{
-    return channel_async_start(CHANNEL_CAST(self), NULL, notify);
-}
-
-static PyObject *
-asyncop_done(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    gf_async *a = ASYNCOP_CAST(self)->a;
-    return PyBool_FromLong(a != NULL && atomic_load_explicit(&a->sel.signaled, memory_order_acquire));
-}
-
-int
-gf_chan_put_back(ChannelObject *ch, PyObject *v)
-{
-    gf_wakelist wl;
-    gf_wakelist_init(&wl);
-    int rc = 0;
-    gf_chan_lock(ch);
-    gf_waiter *w = ch->count == 0 ? gf_waitq_claim_first(&ch->recvq) : NULL;
-    if (w != NULL) {
-        gf_sel_fire(w->sel, w->index, 0, v, &wl);
-    }
-    else if (ring_push_front(ch, v) < 0) {
-        rc = -1;
-    }
-    gf_chan_unlock(ch);
-    gf_wakelist_run(&wl);
-    return rc;
-}
-
-static PyObject *
-asyncop_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    AsyncOpObject *op = ASYNCOP_CAST(self);
-    if (op->a == NULL) {
-        Py_RETURN_TRUE;
-    }
-    if (asyncop_withdraw(op)) {
-        Py_RETURN_TRUE; /* withdrawn: nothing was sent or taken */
-    }
-    gf_async *a = op->a;
-    if (a->is_send) {
-        Py_RETURN_FALSE; /* delivered: cannot be undone */
-    }
-    /* Take the received value under the channel lock: of two cancel() calls at once (free-threaded
-     * asyncio may make them), exactly one gets it and puts it back; the other finds NULL. */
-    gf_chan_lock(op->ch);
-    PyObject *v = a->sel.closed ? NULL : a->sel.result;
-    if (v != NULL) {
-        a->sel.result = NULL;
-    }
-    gf_chan_unlock(op->ch);
-    if (v != NULL && gf_chan_put_back(op->ch, v) < 0) {
-        gf_chan_lock(op->ch);
-        a->sel.result = v; /* keep it: result() still returns it */
-        gf_chan_unlock(op->ch);
-        return PyErr_NoMemory();
-    }
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-asyncop_result(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    AsyncOpObject *op = ASYNCOP_CAST(self);
-    gf_async *a = op->a;
-    if (a == NULL || atomic_load_explicit(&a->sel.state, memory_order_acquire) == GF_WITHDRAWN) {
-        PyErr_SetString(PyExc_RuntimeError, "the operation was withdrawn");
-        return NULL;
-    }
-    if (!atomic_load_explicit(&a->sel.signaled, memory_order_acquire)) {
-        PyErr_SetString(PyExc_RuntimeError, "the operation is still pending");
-        return NULL;
-    }
-    if (a->sel.closed) {
-        return raise_closed(op->ch->st, -1);
-    }
-    if (a->is_send) {
-        Py_RETURN_NONE;
-    }
-    if (a->sel.result == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "the received value was given back to the channel");
-        return NULL;
-    }
-    return Py_NewRef(a->sel.result);
-}
-
-static PyMethodDef asyncop_methods[] = {
-    {"done", asyncop_done, METH_NOARGS, "True once the operation completed (or found the channel closed)."},
-    {"cancel", asyncop_cancel, METH_NOARGS,
-     "Withdraw the operation. True if nothing was sent or taken (a recv that had completed puts its "
-     "value back in front of the channel), False for a send that had already delivered its value."},
-    {"result", asyncop_result, METH_NOARGS,
-     "The received value (None for a send); raises ChannelClosed if it completed by the close."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyType_Slot asyncop_slots[] = {
-    {Py_tp_dealloc, asyncop_dealloc},
-    {Py_tp_traverse, asyncop_traverse},
-    {Py_tp_clear, asyncop_clear},
-    {Py_tp_methods, asyncop_methods},
-    {Py_tp_doc, "A pending asyncio send or recv on a Channel (internal)."},
-    {0, NULL},
-};
-
-static PyType_Spec asyncop_spec = {
-    .name = "gilfree._core._AsyncOp",
-    .basicsize = sizeof(AsyncOpObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION |
-             Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = asyncop_slots,
-};
-
 /* ---- Channel type tables ------------------------------------------------------------------------ */
 
 static PyMethodDef channel_methods[] = {
@@ -1169,10 +872,11 @@ static PyMethodDef channel_methods[] = {
     {"__enter__", channel_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))channel_exit, METH_FASTCALL, NULL},
     {"__reduce__", channel_reduce, METH_NOARGS, NULL},
+    {"__sizeof__", channel_sizeof, METH_NOARGS, NULL},
     {"__reduce_ex__", channel_reduce, METH_O, NULL},
-    {"_async_send", (PyCFunction)(void (*)(void))channel_async_send, METH_FASTCALL,
+    {"_async_send", (PyCFunction)(void (*)(void))gf_channel_async_send, METH_FASTCALL,
      "_async_send(value, notify) -> _AsyncOp (internal: used by send_async)"},
-    {"_async_recv", channel_async_recv, METH_O,
+    {"_async_recv", gf_channel_async_recv, METH_O,
      "_async_recv(notify) -> _AsyncOp (internal: used by recv_async)"},
     {"_waiters", channel_waiters, METH_NOARGS,
      "_waiters() -> (receivers, senders) parked now (introspection for tests and debugging)"},
@@ -1219,10 +923,6 @@ gf_channel_setup(PyObject *module, gf_state *st)
 {
     st->channel_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &channel_spec, NULL);
     if (st->channel_type == NULL || PyModule_AddType(module, st->channel_type) < 0) {
-        return -1;
-    }
-    st->asyncop_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &asyncop_spec, NULL);
-    if (st->asyncop_type == NULL || PyModule_AddType(module, st->asyncop_type) < 0) {
         return -1;
     }
     return 0;

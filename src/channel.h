@@ -54,6 +54,14 @@ gf_is_channel(gf_state *st, PyObject *op)
     return PyObject_TypeCheck(op, st->channel_type);
 }
 
+/* Raise ChannelClosed (with .sent = sent when sent >= 0). Returns NULL. */
+PyObject *gf_raise_closed(gf_state *st, Py_ssize_t sent);
+
+/* asyncio (asyncop.c): start one send (value) or recv (value NULL) that calls notify once it completes;
+ * the methods _async_send(value, notify) and _async_recv(notify). */
+PyObject *gf_channel_async_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *gf_channel_async_recv(PyObject *self, PyObject *notify);
+
 /* 1 if `bound` is a channel's bound recv, 2 if its bound send (*ch set, borrowed), else 0. */
 int gf_channel_case_kind(gf_state *st, PyObject *bound, ChannelObject **ch);
 

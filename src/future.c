@@ -175,9 +175,7 @@ raise_escaped(PyObject *escaped)
 static void
 take_for_completion(FutureObject *f, gf_wakelist *wl, PyObject ***cbs, Py_ssize_t *ncbs)
 {
-    gf_waiter *w;
-    while ((w = gf_waitq_claim_first(&f->waiters)) != NULL) {
-        gf_sel_fire(w->sel, 0, 0, NULL, wl);
+    while (gf_waitq_fire_first(&f->waiters, 0, NULL, wl) != NULL) {
     }
     *cbs = f->callbacks;
     *ncbs = f->ncallbacks;

@@ -95,6 +95,7 @@ gf_get_state(PyObject *module)
 
 /* Each file with a type or a function exports one setup function; module.c only chains them. */
 int gf_channel_setup(PyObject *module, gf_state *st);
+int gf_asyncop_setup(PyObject *module, gf_state *st);
 int gf_select_setup(PyObject *module, gf_state *st);
 int gf_future_setup(PyObject *module, gf_state *st);
 int gf_pool_setup(PyObject *module, gf_state *st);

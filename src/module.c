@@ -124,6 +124,14 @@ static int
 core_exec(PyObject *module)
 {
     gf_state *st = gf_get_state(module);
+    /* Pool workers attach to the main interpreter (PyGILState_Ensure), and the timer, exit hook and fork
+     * handling are per process: gilfree runs in the main interpreter only. 3.12+ refuses the import in a
+     * subinterpreter through the slot below; this check says the same on 3.11. */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError, "gilfree._core does not support loading in subinterpreters: its "
+                                           "pool workers run in the main interpreter");
+        return -1;
+    }
     gf_park_install_fork_handler();
     if (main_thread_ident(&st->main_ident) < 0) {
         return -1;
@@ -160,7 +168,7 @@ core_exec(PyObject *module)
     if (PyModule_AddFunctions(module, module_methods) < 0) {
         return -1;
     }
-    if (gf_channel_setup(module, st) < 0 || gf_select_setup(module, st) < 0 ||
+    if (gf_channel_setup(module, st) < 0 || gf_asyncop_setup(module, st) < 0 || gf_select_setup(module, st) < 0 ||
         gf_future_setup(module, st) < 0 || gf_pool_setup(module, st) < 0 ||
         gf_parallel_setup(module, st) < 0 || gf_kernels_setup(module, st) < 0) {
         return -1;
@@ -224,6 +232,9 @@ static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
 #ifdef Py_mod_gil
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
     {0, NULL},
 };

@@ -27,6 +27,7 @@
 #define GILFREE_PARK_H
 
 #include "gilfree.h"
+#include "process.h"
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -43,8 +44,6 @@
 
 enum { GF_PENDING = 0, GF_FIRED = 1, GF_WITHDRAWN = 2 };
 
-typedef struct gf_sel gf_sel;
-typedef struct gf_interrupt gf_interrupt;
 struct ChannelObject;
 
 /* One case of one blocking operation, queued on one channel. */
@@ -161,36 +160,7 @@ int gf_wait_ex(gf_state *st, gf_sel *s, const gf_deadline *d, int keep_exception
  * call), and clear it now. */
 void gf_defer_current_exception(void);
 
-/* The exit interrupt of a pool: once fired, every wait in the pool's worker threads raises
- * gilfree.Cancelled. Parked workers are woken by gf_interrupt_fire itself (they do not poll): each wait
- * registers its gf_sel here while it is parked. Lock order: gf_interrupt.mu, then a gf_sel's mu. */
-struct gf_interrupt {
-    atomic_int flag;        /* 1 once fired; never cleared */
-    pthread_mutex_t mu;     /* guards `parked`; a leaf lock but for the gf_sel mu taken inside */
-    gf_sel *parked;         /* gf_sels of waits parked now, linked through gf_sel.intr_next */
-};
 
-void gf_interrupt_init(gf_interrupt *in);
-void gf_interrupt_fini(gf_interrupt *in);
-/* Set the flag and wake every wait parked on it. Any thread, attached or not. */
-void gf_interrupt_fire(gf_interrupt *in);
-static inline int
-gf_interrupt_fired(const gf_interrupt *in)
-{
-    return in != NULL && atomic_load_explicit(&in->flag, memory_order_acquire);
-}
-
-/* Pool worker threads register their pool's interrupt (NULL unregisters). */
-void gf_set_thread_interrupt(gf_interrupt *in);
-gf_interrupt *gf_current_thread_interrupt(void);
-
-/* After fork, in the child (attached): the calling thread is now the main thread (its waits poll for
- * signals); a former pool worker gets its asynchronous signals unblocked and forgets its pool. */
-void gf_park_after_fork_child(gf_state *st);
-
-/* The asynchronous signals a pool worker blocks (Ctrl-C belongs to the main thread). SIGSEGV, SIGBUS,
- * SIGFPE, SIGILL, SIGABRT, SIGTRAP and SIGSYS stay deliverable, so faulthandler names a crashing thread. */
-void gf_async_signal_set(sigset_t *set);
 
 /* --- wake list ------------------------------------------------------------------------------------- */
 
@@ -206,19 +176,12 @@ void gf_wakelist_run(gf_wakelist *wl);
 
 /* --- waiter queues (changed only under the owning channel's lock) ---------------------------------- */
 
-/* Bumped in a forked child (pthread_atfork), see gf_waiter.fork_gen. */
-extern atomic_uint gf_fork_gen;
-static inline unsigned
-gf_fork_generation(void)
-{
-    return atomic_load_explicit(&gf_fork_gen, memory_order_relaxed);
-}
-/* Install the fork handler (once per process). */
-void gf_park_install_fork_handler(void);
+
 
 static inline void
 gf_waitq_push(gf_waitq *q, gf_waiter *w)
 {
+    GF_ASSERT(!w->linked);
     w->fork_gen = gf_fork_generation();
     w->next = NULL;
     w->prev = q->tail;
@@ -270,7 +233,20 @@ gf_waitq_claim_first(gf_waitq *q)
     return NULL;
 }
 
-/* A fast PRNG (splitmix64) for select's random poll order. */
-uint64_t gf_random(void);
+/* The one way a completer serves a queue: claim the first waiter it can, fire its operation (as case
+ * w->index, with `closed` and the owned `result`, which moves in only if a waiter was fired) and put it on
+ * the wake list. Returns the waiter (still valid until the lock is released: a send case's w->value can
+ * be taken), or NULL if none was waiting. Under the queue owner's lock. */
+static inline gf_waiter *
+gf_waitq_fire_first(gf_waitq *q, int closed, PyObject *result, gf_wakelist *wl)
+{
+    gf_waiter *w = gf_waitq_claim_first(q);
+    if (w != NULL) {
+        gf_sel_fire(w->sel, w->index, closed, result, wl);
+    }
+    return w;
+}
+
+
 
 #endif

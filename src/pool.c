@@ -28,6 +28,7 @@
 
 typedef struct gf_task {
     struct gf_task *next;
+    int finished;                 /* debug build: set once its future is completed (never twice) */
     gf_job *job;                  /* a parallel_for helper (owned reference); then nothing below is set */
     PyObject *fn, *args, *kwargs; /* owned; kwargs may be NULL */
     FutureObject *fut;            /* owned */
@@ -151,9 +152,7 @@ take_queue(gf_poolcore *p, gf_wakelist *wl, Py_ssize_t keep)
         p->head = p->tail = NULL;
         p->queued = 0;
     }
-    gf_waiter *w;
-    while ((w = gf_waitq_claim_first(&p->submitq)) != NULL) {
-        gf_sel_fire(w->sel, 0, 1, NULL, wl);
+    while (gf_waitq_fire_first(&p->submitq, 1, NULL, wl) != NULL) {
     }
     return t;
 }
@@ -198,10 +197,10 @@ next_task(gf_poolcore *p)
             p->tail = NULL;
         }
         p->queued--;
+        GF_ASSERT(p->queued >= 0);
         p->running++;
-        gf_waiter *w;
-        if (p->queue_size > 0 && (w = gf_waitq_claim_first(&p->submitq)) != NULL) {
-            gf_sel_fire(w->sel, 0, 0, NULL, &wl); /* room for one more */
+        if (p->queue_size > 0) {
+            (void)gf_waitq_fire_first(&p->submitq, 0, NULL, &wl); /* room for one more */
         }
     }
     pthread_mutex_unlock(&p->lock);
@@ -249,6 +248,8 @@ run_task(gf_poolcore *p, gf_task *t)
             Py_XDECREF(type);
             Py_XDECREF(tb);
         }
+        GF_ASSERT(!t->finished);
+        t->finished = 1;
         if ((res != NULL ? gf_future_finish(t->fut, res, NULL) : gf_future_finish(t->fut, NULL, exc)) < 0) {
             PyErr_WriteUnraisable((PyObject *)t->fut); /* someone completed it by hand meanwhile */
         }
@@ -764,9 +765,7 @@ shutdown_core(PoolObject *self, int wait, int cancel_futures)
     /* cancel_futures: a task a worker was already woken for is as good as taken by it (it runs, as with
      * ThreadPoolExecutor, whose workers hold the tasks they took); the rest is cancelled. */
     gf_task *t = cancel_futures ? take_queue(p, &wl, p->signalled) : NULL;
-    gf_waiter *w;
-    while ((w = gf_waitq_claim_first(&p->submitq)) != NULL) {
-        gf_sel_fire(w->sel, 0, 1, NULL, &wl); /* parked submitters see the shutdown */
+    while (gf_waitq_fire_first(&p->submitq, 1, NULL, &wl) != NULL) { /* parked submitters see the shutdown */
     }
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->lock);
@@ -838,9 +837,8 @@ pool_run_inline(PyObject *op, PyObject *fut)
             }
             p->queued--;
             p->running++;
-            gf_waiter *w;
-            if (p->queue_size > 0 && (w = gf_waitq_claim_first(&p->submitq)) != NULL) {
-                gf_sel_fire(w->sel, 0, 0, NULL, &wl);
+            if (p->queue_size > 0) {
+                (void)gf_waitq_fire_first(&p->submitq, 0, NULL, &wl);
             }
             break;
         }
