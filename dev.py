@@ -6,6 +6,8 @@
     python3 dev.py test                       set up, build with -Werror, run every test
     python3 dev.py test --sanitize address    the same under ASan+UBSan
     python3 dev.py test --sanitize thread     the same under TSan
+    python3 dev.py test --debug               the same with the C invariants checked (GF_ASSERT)
+    python3 dev.py test --free-threaded       under the free-threaded CPython of ../shared/tools (GIL off)
     python3 dev.py test --python /path/to/python3.12     under another interpreter
 
 Each (interpreter, build) pair gets its own virtualenv in .venv/ and its own build in build/; the package is
@@ -70,7 +72,7 @@ def sanitizer_runtime(kind: str) -> str:
     return os.path.realpath(path)
 
 
-def build(vpython: str, tag: str, sanitize: str | None) -> Path:
+def build(vpython: str, tag: str, sanitize: str | None, debug: bool = False) -> Path:
     """Build the package (extension included) into build/<tag>/lib and return that directory."""
     base = ROOT / "build" / tag
     lib = base / "lib"
@@ -78,6 +80,8 @@ def build(vpython: str, tag: str, sanitize: str | None) -> Path:
     env = dict(os.environ, GILFREE_WERROR="1")
     if sanitize:
         env["GILFREE_SANITIZE"] = sanitize
+    if debug:
+        env["GILFREE_DEBUG"] = "1"
     run([vpython, "setup.py", "--quiet", "build", "--build-base", str(base), "--build-lib", str(lib),
          "--force"], env=env, quiet=True)
     return lib
@@ -101,13 +105,32 @@ def test_env(lib: Path, sanitize: str | None) -> dict[str, str]:
     return env
 
 
+def free_threaded_python() -> str:
+    """Build (once, cached) the free-threaded CPython that ../shared/tools provides, and return its path."""
+    script = ROOT.parent / "shared" / "tools" / "free-threaded-python" / "build.sh"
+    if not script.exists():
+        raise SystemExit(f"no free-threaded CPython here: {script} is missing")
+    out = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+# What the free-threaded prerelease can install: its C-extension wheels may not load there (its README).
+FT_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6,<6.113", "setuptools>=77"]
+
+
 def cmd_test(args: argparse.Namespace, extra: list[str]) -> int:
     python = args.python or sys.executable
+    requirements = TEST_REQUIREMENTS
+    if args.free_threaded:
+        python = free_threaded_python()
+        requirements = FT_REQUIREMENTS
     itag = interpreter_tag(python)
-    tag = itag + (f"-{args.sanitize}" if args.sanitize else "")
-    vpython = venv(python, itag, TEST_REQUIREMENTS)
-    lib = build(vpython, tag, args.sanitize)
+    tag = itag + (f"-{args.sanitize}" if args.sanitize else "") + ("-debug" if args.debug else "")
+    vpython = venv(python, itag, requirements)
+    lib = build(vpython, tag, args.sanitize, args.debug)
     env = test_env(lib, args.sanitize)
+    if args.free_threaded:
+        env["PYTHON_GIL"] = "0"  # the GIL off: races it used to hide show up
     pytest_args = ["-p", "no:cacheprovider", "-q", "--timeout", "600", *extra]
     if args.sanitize:
         pytest_args += ["-m", "not nosanitizer"]
@@ -153,6 +176,9 @@ def main() -> int:
     t = sub.add_parser("test", help="build and run every test")
     t.add_argument("--python", help="interpreter to test with (default: this one)")
     t.add_argument("--sanitize", choices=["address", "thread"], help="build and run under a sanitizer")
+    t.add_argument("--debug", action="store_true", help="build with the C invariants checked (GF_ASSERT)")
+    t.add_argument("--free-threaded", action="store_true",
+                   help="run under the free-threaded CPython built from ../shared/tools, with PYTHON_GIL=0")
     b = sub.add_parser("bench", help="build and run the benchmark (the main job)")
     b.add_argument("--python", help="interpreter to benchmark with (default: this one)")
     b.add_argument("--components", action="store_true",

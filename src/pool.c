@@ -762,9 +762,11 @@ shutdown_core(PoolObject *self, int wait, int cancel_futures)
     gf_wakelist_init(&wl);
     pthread_mutex_lock(&p->lock);
     p->shutdown = 1;
-    /* cancel_futures: a task a worker was already woken for is as good as taken by it (it runs, as with
-     * ThreadPoolExecutor, whose workers hold the tasks they took); the rest is cancelled. */
-    gf_task *t = cancel_futures ? take_queue(p, &wl, p->signalled) : NULL;
+    /* cancel_futures: each worker that is free now (idle, woken, or still starting) is as good as holding
+     * the next queued task, as ThreadPoolExecutor's idle workers blocked in its queue's get() are: those
+     * tasks run; the rest is cancelled. */
+    Py_ssize_t free_workers = (Py_ssize_t)p->alive - p->running;
+    gf_task *t = cancel_futures ? take_queue(p, &wl, free_workers > 0 ? free_workers : 0) : NULL;
     while (gf_waitq_fire_first(&p->submitq, 1, NULL, &wl) != NULL) { /* parked submitters see the shutdown */
     }
     pthread_cond_broadcast(&p->work_cv);

@@ -8,7 +8,9 @@ import math
 import os
 import random
 import resource
+import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -168,8 +170,18 @@ def test_bad_kernel_arguments() -> None:
 
 
 def test_gil_enabled() -> None:
-    expected = sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else True
-    assert gilfree.gil_enabled() is expected
+    if hasattr(sys, "_is_gil_enabled"):
+        assert gilfree.gil_enabled() is sys._is_gil_enabled()
+        return
+    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        assert gilfree.gil_enabled() is True
+        return
+    # a free-threaded prerelease without sys._is_gil_enabled: the environment decides
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, PYTHON_GIL=value)
+        out = subprocess.run([sys.executable, "-c", "import gilfree; print(gilfree.gil_enabled())"],
+                             capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == expected
 
 
 def test_kernels_from_many_threads_at_once() -> None:

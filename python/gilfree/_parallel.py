@@ -53,9 +53,16 @@ if hasattr(os, "register_at_fork"):
 
 
 def gil_enabled() -> bool:
-    """Whether this interpreter runs with the GIL (sys._is_gil_enabled where it exists)."""
+    """Whether this interpreter runs with the GIL (sys._is_gil_enabled where it exists; on a free-threaded
+    build without it, a 3.13 prerelease, the GIL is on unless PYTHON_GIL=0 or -X gil=0 turned it off)."""
     probe = getattr(sys, "_is_gil_enabled", None)
-    return True if probe is None else bool(probe())
+    if probe is not None:
+        return bool(probe())
+    import sysconfig
+
+    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return True
+    return not (os.environ.get("PYTHON_GIL") == "0" or str(sys._xoptions.get("gil")) == "0")
 
 
 def _ctypes() -> Any:
