@@ -26,10 +26,10 @@
 /* ---- the ring buffer (under ch->lock) ----------------------------------------------------------- */
 
 /* An unbounded channel's ring (a bounded one never holds more than its capacity) never shrinks below this
- * many slots; it shrinks to half once a quarter or less is in use (a
- * drained burst gives its memory back; the gap between the two thresholds keeps a channel whose length
- * hovers around a power of two from resizing at every operation). */
-#define RING_MIN 64
+ * many slots (8 KiB: traffic that stays under that never resizes); it shrinks to half once an eighth or less is in use, so a
+ * drained burst gives its memory back, and the gap between growing (full) and shrinking (an eighth) keeps
+ * a channel whose length swings within a factor of four from resizing at all. */
+#define RING_MIN 1024
 
 static int
 ring_resize(ChannelObject *ch, Py_ssize_t newsize)
@@ -91,7 +91,7 @@ ring_pop(ChannelObject *ch)
     PyObject *v = ch->buf[ch->head];
     ch->head = (ch->head + 1) & (ch->bufsize - 1);
     ch->count--;
-    if (ch->capacity < 0 && ch->bufsize > RING_MIN && ch->count <= ch->bufsize / 4) {
+    if (ch->capacity < 0 && ch->bufsize > RING_MIN && ch->count <= ch->bufsize / 8) {
         (void)ring_resize(ch, ch->bufsize / 2); /* no memory: keep the larger ring */
     }
     return v;

@@ -286,7 +286,7 @@ def test_unbounded_channel_gives_memory_back_after_a_burst() -> None:
     assert sys.getsizeof(ch) >= (1 << 20) * 8
     while len(ch):
         ch.recv_many(4096)
-    assert sys.getsizeof(ch) <= small + 64 * 8
+    assert sys.getsizeof(ch) <= small + 1024 * 8  # back to the smallest ring an unbounded channel keeps
 
 
 @pytest.mark.parametrize("bad", [True, False])
@@ -324,6 +324,7 @@ def test_parked_select_on_one_channel_chooses_uniformly(kind: str) -> None:
     assert counts[0] > rounds * 0.3 and counts[1] > rounds * 0.3, counts
 
 
+@pytest.mark.skipif(SANITIZER == "thread", reason="TSan's deadlock detector tracks at most 64 locks held at once")
 def test_select_with_many_cases_sorts_quickly() -> None:
     chans = [Channel[int](1) for _ in range(1 << 17)]
     t0 = time.monotonic()
