@@ -1,7 +1,8 @@
 /* pool.c — gilfree._core.Pool: a fixed set of native worker threads running Python callables.
  *
  * The C base of gilfree.ThreadPool (which also subclasses concurrent.futures.Executor). Workers are
- * pthreads started here; each attaches one Python thread state for its whole life (PyGILState_Ensure
+ * pthreads started here on demand, as ThreadPoolExecutor starts its threads: a task (or a parallel_for
+ * helper) that no idle worker can take starts one more, up to max_workers; each attaches one Python thread state for its whole life (PyGILState_Ensure
  * once), blocks asynchronous signals (Ctrl-C belongs to the main thread), and loops:
  *     take a task (holding the GIL, it takes the next queued one at once: no GIL hand-off per task;
  *     only when the queue is empty does it release the GIL and sleep) -> run it in a copy of the
@@ -44,6 +45,7 @@ typedef struct gf_poolcore {
     Py_ssize_t queued, queue_size;
     gf_waitq submitq;          /* submitters parked on a full queue */
     int shutdown, broken, nthreads, alive, idle, signalled;
+    int starting;              /* threads reserved by wake_or_reserve, not yet started */
     Py_ssize_t submitted, completed, failed, cancelled, running;
     gf_interrupt exiting;      /* interpreter exit: channel waits in the workers raise Cancelled */
     unsigned fork_gen;         /* gf_fork_generation() at creation: a forked child never trusts us */
@@ -175,16 +177,25 @@ next_task(gf_poolcore *p)
     gf_task *t = NULL;
     pthread_mutex_lock(&p->lock);
     while (p->head == NULL && !p->shutdown) {
+        /* Idle from before the GIL is dropped: a submit made meanwhile wakes this worker rather than
+         * starting another thread (so one task at a time reuses one worker). `signalled` counts idle
+         * workers a wake-up is on its way to: each wake-up consumes one (even when another worker took
+         * the task first and this one waits again), and it never exceeds `idle` (a wake-up sent before
+         * this worker waited is lost: it finds the task without waiting). Over-counting would lose
+         * wake-ups; under-counting only costs a spare one. */
+        p->idle++;
         pthread_mutex_unlock(&p->lock);
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&p->lock);
         while (p->head == NULL && !p->shutdown) {
-            p->idle++;
             pthread_cond_wait(&p->work_cv, &p->lock);
-            p->idle--;
             if (p->signalled > 0) {
                 p->signalled--;
             }
+        }
+        p->idle--;
+        if (p->signalled > p->idle) {
+            p->signalled = p->idle;
         }
         pthread_mutex_unlock(&p->lock);
         Py_END_ALLOW_THREADS
@@ -356,56 +367,89 @@ worker_main(void *arg)
     return NULL;
 }
 
-/* ---- Pool.__new__ ----------------------------------------------------------------------------------- */
+/* ---- starting workers on demand --------------------------------------------------------------------- */
 
+/* Under lock, for `n` tasks just queued: wake an idle worker for each that no worker is on its way for, or
+ * reserve a new thread while fewer than max_workers exist. Returns how many threads the caller starts
+ * (start_reserved) once the lock is released. */
 static int
-start_workers(PoolObject *self)
+wake_or_reserve(gf_poolcore *p, int max_workers, int n)
+{
+    int start = 0;
+    for (int k = 0; k < n; k++) {
+        if (p->idle > p->signalled) { /* wake a sleeping worker only if none is on its way yet */
+            p->signalled++;
+            pthread_cond_signal(&p->work_cv);
+        }
+        else if (p->nthreads + p->starting < max_workers) {
+            p->starting++;
+            start++;
+        }
+    }
+    return start;
+}
+
+/* Attached, no lock held: start `n` reserved workers. -1 with RuntimeError only if a thread could not be
+ * started and the pool has none at all (the queued work would never run). */
+static int
+start_reserved(PoolObject *self, int n)
 {
     gf_poolcore *p = self->p;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     int err = 0;
-    for (int i = 0; i < self->max_workers; i++) {
-        worker_start *ws = PyMem_RawCalloc(1, sizeof(worker_start));
+    for (int k = 0; k < n; k++) {
+        worker_start *ws = err ? NULL : PyMem_RawCalloc(1, sizeof(worker_start));
+        pthread_mutex_lock(&p->lock);
+        p->starting--;
+        int index = p->nthreads;
+        if (ws != NULL) {
+            p->alive++;
+            p->nthreads++;
+        }
+        pthread_mutex_unlock(&p->lock);
         if (ws == NULL) {
-            err = ENOMEM;
-            break;
+            err = err ? err : ENOMEM;
+            continue;
         }
         ws->p = p;
         ws->st = self->st;
         ws->initializer = Py_XNewRef(self->initializer);
         ws->initargs = Py_XNewRef(self->initargs);
         const char *prefix = PyUnicode_AsUTF8(self->prefix);
-        snprintf(ws->name, sizeof(ws->name), "%.40s_%d", prefix ? prefix : "gilfree", i);
+        snprintf(ws->name, sizeof(ws->name), "%.40s_%d", prefix ? prefix : "gilfree", index);
         PyErr_Clear();
         atomic_fetch_add(&p->refs, 1);
-        pthread_mutex_lock(&p->lock);
-        p->alive++;
-        p->nthreads++;
-        pthread_mutex_unlock(&p->lock);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_t tid;
         err = pthread_create(&tid, &attr, worker_main, ws);
+        pthread_attr_destroy(&attr);
         if (err != 0) {
             pthread_mutex_lock(&p->lock);
             p->alive--;
             p->nthreads--;
+            pthread_cond_broadcast(&p->exit_cv);
             pthread_mutex_unlock(&p->lock);
             atomic_fetch_sub(&p->refs, 1);
             Py_XDECREF(ws->initializer);
             Py_XDECREF(ws->initargs);
             PyMem_RawFree(ws);
-            break;
         }
     }
-    pthread_attr_destroy(&attr);
-    if (err != 0 && p->nthreads == 0) {
-        errno = err;
-        PyErr_SetFromErrno(PyExc_RuntimeError);
-        return -1;
+    if (err != 0) {
+        pthread_mutex_lock(&p->lock);
+        int none = p->nthreads == 0;
+        pthread_mutex_unlock(&p->lock);
+        if (none) {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_RuntimeError);
+            return -1;
+        }
     }
     return 0;
 }
+
+/* ---- Pool.__new__ ----------------------------------------------------------------------------------- */
 
 static PyObject *
 pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -446,6 +490,10 @@ pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         if (workers == -1 && PyErr_Occurred()) {
             return NULL;
         }
+        /* ThreadPoolExecutor's default: min(32, CPUs + 4), as many tasks wait on I/O; the workers start on
+         * demand, so the spare ones cost nothing until needed. (Native kernels' default pool asks for the
+         * CPU count itself.) */
+        workers = workers + 4 < 32 ? workers + 4 : 32;
     }
     else {
         if (PyBool_Check(maxw) || !PyLong_Check(maxw)) {
@@ -507,7 +555,7 @@ pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->initargs = iargs;
     self->prefix = prefix ? Py_NewRef(prefix) : PyUnicode_FromString("gilfree");
     self->p = poolcore_new(queue_size);
-    if (self->prefix == NULL || self->p == NULL || start_workers(self) < 0) {
+    if (self->prefix == NULL || self->p == NULL) { /* workers start on demand, at the first submits */
         if (self->p == NULL && !PyErr_Occurred()) {
             PyErr_NoMemory();
         }
@@ -533,7 +581,7 @@ gf_pool_stopped(PyObject *pool)
         return 1;
     }
     pthread_mutex_lock(&p->lock);
-    int stopped = p->shutdown || p->broken || p->alive == 0;
+    int stopped = p->shutdown || p->broken;
     pthread_mutex_unlock(&p->lock);
     return stopped;
 }
@@ -569,12 +617,11 @@ gf_pool_post_helpers(PyObject *pool, gf_job *j, int count)
         p->tail = t;
         p->queued++; /* helpers ignore queue_size: they never block the caller */
     }
-    int wake = p->idle - p->signalled;
-    for (int k = 0; k < wake && k < posted; k++) {
-        p->signalled++;
-        pthread_cond_signal(&p->work_cv);
-    }
+    int start = wake_or_reserve(p, POOL_CAST(pool)->max_workers, posted);
     pthread_mutex_unlock(&p->lock);
+    if (start_reserved(POOL_CAST(pool), start) < 0) {
+        PyErr_Clear(); /* no thread: the caller does every chunk itself (gf_pool_stopped is not enough) */
+    }
     return posted;
 }
 
@@ -621,11 +668,32 @@ enqueue(PoolObject *self, gf_task *t)
             p->tail = t;
             p->queued++;
             p->submitted++;
-            if (p->idle > p->signalled) { /* wake a sleeping worker only if none is on its way yet */
-                p->signalled++;
-                pthread_cond_signal(&p->work_cv);
-            }
+            int start = wake_or_reserve(p, self->max_workers, 1);
             pthread_mutex_unlock(&p->lock);
+            if (start_reserved(self, start) < 0) {
+                /* Not a single worker thread could be started: take t back, so submit fails cleanly. */
+                pthread_mutex_lock(&p->lock);
+                gf_task *prev = NULL;
+                for (gf_task *q = p->head; q != NULL; prev = q, q = q->next) {
+                    if (q == t) {
+                        if (prev) {
+                            prev->next = t->next;
+                        }
+                        else {
+                            p->head = t->next;
+                        }
+                        if (p->tail == t) {
+                            p->tail = prev;
+                        }
+                        p->queued--;
+                        p->submitted--;
+                        pthread_mutex_unlock(&p->lock);
+                        return -1;
+                    }
+                }
+                pthread_mutex_unlock(&p->lock);
+                PyErr_Clear(); /* a thread started meanwhile and took it */
+            }
             return 0;
         }
         pthread_mutex_unlock(&p->lock);
@@ -893,6 +961,25 @@ pool_join_workers(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObjec
 }
 
 static PyObject *
+pool_get_stopped(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(gf_pool_stopped(op));
+}
+
+static PyObject *
+pool_get_started(PyObject *op, void *Py_UNUSED(closure))
+{
+    gf_poolcore *p = POOL_CAST(op)->p;
+    int n = 0;
+    if (p != NULL && !poolcore_forked(p)) {
+        pthread_mutex_lock(&p->lock);
+        n = p->nthreads;
+        pthread_mutex_unlock(&p->lock);
+    }
+    return PyLong_FromLong(n);
+}
+
+static PyObject *
 pool_get_broken(PyObject *op, void *Py_UNUSED(closure))
 {
     gf_poolcore *p = POOL_CAST(op)->p;
@@ -1009,6 +1096,9 @@ static PyMethodDef pool_methods[] = {
 static PyGetSetDef pool_getset[] = {
     {"max_workers", pool_get_max_workers, NULL, "The number of worker threads.", NULL},
     {"queue_size", pool_get_queue_size, NULL, "Tasks allowed to wait to start (0: unbounded).", NULL},
+    {"_stopped", pool_get_stopped, NULL, "True once shut down, broken or forked away: it runs no more tasks.",
+     NULL},
+    {"_started", pool_get_started, NULL, "How many worker threads were started (they start on demand).", NULL},
     {"_broken", pool_get_broken, NULL, "False, or why the pool is broken (as ThreadPoolExecutor._broken).",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -27,13 +27,15 @@ def test_is_an_executor_with_native_workers() -> None:
         assert pool.max_workers == 3 and pool.queue_size == 0
         names = {pool.submit(lambda: threading.current_thread().name).result(timeout=5) for _ in range(20)}
         assert threading.main_thread().name not in names
-        assert pool.stats()["workers"] == 3
+        assert 1 <= pool.stats()["workers"] <= 3
 
 
-def test_default_worker_count_is_available_cpus() -> None:
-    expected = os.process_cpu_count() if hasattr(os, "process_cpu_count") else len(os.sched_getaffinity(0))
+def test_default_worker_count_is_threadpoolexecutors() -> None:
+    cpus = os.process_cpu_count() if hasattr(os, "process_cpu_count") else len(os.sched_getaffinity(0))
     with ThreadPool() as pool:
-        assert pool.max_workers == expected
+        assert pool.max_workers == min(32, cpus + 4) == cf.ThreadPoolExecutor()._max_workers
+        assert pool.stats()["workers"] == 0  # they start on demand
+    assert gilfree._parallel.default_pool().max_workers == cpus  # the native kernels' pool: one per CPU
 
 
 @pytest.mark.parametrize("kwargs,exc", [({"max_workers": 0}, ValueError), ({"max_workers": -1}, ValueError),
@@ -373,9 +375,28 @@ def test_initializer_runs_once_per_worker() -> None:
             seen.append(tag)
 
     with ThreadPool(3, initializer=init, initargs=("x",)) as pool:
-        pool.submit(lambda: None).result(timeout=5)
+        gate = threading.Event()
+        fs = [pool.submit(gate.wait, 5) for _ in range(3)]  # three at once: three workers start
         wait_until(lambda: len(seen) == 3)
+        gate.set()
+        assert all(f.result(timeout=5) for f in fs)
+        pool.submit(lambda: None).result(timeout=5)
     assert seen == ["x", "x", "x"]
+
+
+def test_workers_start_on_demand_and_are_reused() -> None:
+    """As ThreadPoolExecutor: a task no idle worker can take starts a thread, up to max_workers."""
+    with ThreadPool(4) as pool:
+        assert pool.stats()["workers"] == 0 and not pool._threads
+        for _ in range(50):
+            pool.submit(abs, -1).result(timeout=5)
+        assert pool.stats()["workers"] == 1 and len(pool._threads) == 1
+        gate = threading.Event()
+        fs = [pool.submit(gate.wait, 5) for _ in range(6)]
+        wait_until(lambda: pool.stats()["running"] == 4)
+        assert pool.stats()["workers"] == 4 == len(pool._threads)  # never more than max_workers
+        gate.set()
+        assert all(f.result(timeout=5) for f in fs)
 
 
 def test_failing_initializer_breaks_the_pool() -> None:
@@ -383,7 +404,10 @@ def test_failing_initializer_breaks_the_pool() -> None:
         raise ValueError("init failed")
 
     pool = ThreadPool(1, initializer=bad_init)
-    wait_until(lambda: pool.stats()["workers"] == 0)
+    first = pool.submit(lambda: None)  # starts the worker, whose initializer fails
+    with pytest.raises(cf.thread.BrokenThreadPool):
+        first.result(timeout=5)
+    assert pool._broken
     with pytest.raises(cf.thread.BrokenThreadPool):
         pool.submit(lambda: None)
     pool.shutdown()

@@ -33,7 +33,9 @@ _compat_lock = threading.Lock()
 
 
 def _log_callback_error(what: str, obj: Any, exc: BaseException) -> None:
-    _LOGGER.error(what, obj, exc_info=exc)
+    # As concurrent.futures logs them: a failing initializer at CRITICAL, a failing callback at ERROR.
+    level = logging.CRITICAL if what.startswith("Exception in initializer") else logging.ERROR
+    _LOGGER.log(level, what, obj, exc_info=exc)
 
 
 class Future(_core.Future[T], cf.Future[T]):

@@ -37,9 +37,20 @@ def default_pool() -> ThreadPool:
     """The pool native kernels use when none is given: one worker per available CPU, made on first use."""
     global _default
     with _default_lock:
-        if _default is None or _default.stats()["workers"] == 0:
-            _default = ThreadPool(thread_name_prefix="gilfree-native")
+        if _default is None or _default._stopped:
+            _default = ThreadPool(_cpu_count(), thread_name_prefix="gilfree-native")
         return _default
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return int(count() or 1)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _after_fork() -> None:

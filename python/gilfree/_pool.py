@@ -96,11 +96,16 @@ class ThreadPool(_core.Pool, cf.Executor):
             if not _exit_hook_installed:
                 threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
                 _exit_hook_installed = True
-        self._threads = {_WorkerThread(self, f"{thread_name_prefix}_{i}") for i in range(self.max_workers)}
+        self._prefix = thread_name_prefix
 
     if TYPE_CHECKING:
         # At run time submit is the C method of _core.Pool; this is its type.
         def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]: ...
+
+    @property
+    def _threads(self) -> set[_WorkerThread]:
+        """ThreadPoolExecutor's view: the worker threads started so far (they start on demand)."""
+        return {_WorkerThread(self, f"{self._prefix}_{i}") for i in range(self._started)}
 
     @property
     def _max_workers(self) -> int:

@@ -26,11 +26,42 @@ DIFFERENT_BY_DESIGN = {
     # map submitted everything up front.
     "test_shutdown.ThreadPoolShutdownTest.test_del_shutdown":
         "a lazy, streaming map keeps its pool alive while its iterator is alive",
-    # gilfree starts max_workers native threads when the pool is made (a fixed pool: no thread start on the
-    # submit path); the test expects threads to be started on demand, one while one task at a time is run.
-    "test_thread_pool.ThreadPoolExecutorTest.test_idle_thread_reuse":
-        "the pool starts all its workers up front instead of on demand",
+    # The threads' default names say gilfree ("gilfree_3"); the test matches the standard library's own
+    # pattern, "ThreadPoolExecutor-<n>_<i>".
+    "test_shutdown.ThreadPoolShutdownTest.test_thread_names_default":
+        "default thread names are gilfree_<i>, not ThreadPoolExecutor-<n>_<i>",
 }
+
+
+SITECUSTOMIZE = """
+import concurrent.futures, concurrent.futures.thread, gilfree
+concurrent.futures.ThreadPoolExecutor = concurrent.futures.thread.ThreadPoolExecutor = gilfree.ThreadPool
+concurrent.futures.ThreadPool = gilfree.ThreadPool
+"""
+
+
+def swapping_venv() -> str:
+    """A throwaway virtualenv with this gilfree in its site-packages and a .pth that swaps the executor at
+    every start: the tests that start a fresh interpreter (``python -I -c ...``, which ignores PYTHONPATH)
+    then run gilfree too. Returns its python."""
+    import shutil
+    import sysconfig
+    import tempfile
+
+    import gilfree
+
+    root = tempfile.mkdtemp(prefix="gilfree-cf-")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", os.path.join(root, "venv")], check=True)
+    python = os.path.join(root, "venv", "bin", "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    shutil.copytree(os.path.dirname(gilfree.__file__), os.path.join(purelib, "gilfree"))
+    with open(os.path.join(purelib, "_gilfree_cf_swap.py"), "w") as f:
+        f.write(SITECUSTOMIZE)
+    with open(os.path.join(purelib, "_gilfree_cf_swap.pth"), "w") as f:
+        f.write("import _gilfree_cf_swap\n")
+    assert sysconfig  # (the venv's paths come from its own interpreter above)
+    return python
 
 
 def swap() -> None:
@@ -41,6 +72,8 @@ def swap() -> None:
 
     concurrent.futures.ThreadPoolExecutor = gilfree.ThreadPool  # type: ignore[misc]
     concurrent.futures.thread.ThreadPoolExecutor = gilfree.ThreadPool  # type: ignore[misc]
+    # Tests that start a fresh interpreter import the executor by its class name: there too.
+    concurrent.futures.ThreadPool = gilfree.ThreadPool  # type: ignore[attr-defined]
 
 
 def thread_pool_tests() -> list[str]:
@@ -66,7 +99,7 @@ def _flatten(suite: unittest.TestSuite) -> list[unittest.TestCase]:
 
 
 def run_one(test_id: str) -> bool:
-    swap()
+    swap()  # (the venv's .pth did it already; this keeps --one usable on its own)
     assert _StdPool is not None
     result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(
         unittest.defaultTestLoader.loadTestsFromName(test_id))
@@ -83,9 +116,12 @@ def main(argv: list[str]) -> int:
         print("\n".join(ids))
         return 0
     failed: list[str] = []
+    python = swapping_venv()
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
     for test_id in ids:
-        proc = subprocess.run([sys.executable, __file__, "--one", test_id], capture_output=True, text=True,
-                              timeout=120, env=dict(os.environ))
+        proc = subprocess.run([python, __file__, "--one", test_id], capture_output=True, text=True,
+                              timeout=120, env=env)
         ok = proc.returncode == 0
         print(("PASS " if ok else "FAIL ") + test_id, flush=True)
         if not ok:
