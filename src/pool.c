@@ -242,22 +242,14 @@ run_task(gf_poolcore *p, gf_task *t)
         PyObject *res = NULL, *exc = NULL;
         if (PyContext_Enter(t->ctx) == 0) {
             res = PyObject_Call(t->fn, t->args, t->kwargs);
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
+            PyObject *raised = gf_err_take();
             if (PyContext_Exit(t->ctx) < 0) {
                 PyErr_WriteUnraisable(t->ctx);
             }
-            PyErr_Restore(type, value, tb);
+            gf_err_restore(raised);
         }
         if (res == NULL) {
-            PyObject *type, *tb;
-            PyErr_Fetch(&type, &exc, &tb);
-            PyErr_NormalizeException(&type, &exc, &tb);
-            if (exc != NULL && tb != NULL) {
-                PyException_SetTraceback(exc, tb);
-            }
-            Py_XDECREF(type);
-            Py_XDECREF(tb);
+            exc = gf_err_take();
         }
         GF_ASSERT(!t->finished);
         t->finished = 1;
@@ -1063,10 +1055,9 @@ pool_dealloc(PyObject *op)
     PyObject_GC_UnTrack(op);
     if (self->p != NULL) {
         /* Like a dropped ThreadPoolExecutor: the workers finish what is queued, then exit. */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
+        PyObject *raised = gf_err_take();
         (void)shutdown_core(self, 0, 0);
-        PyErr_Restore(type, value, tb);
+        gf_err_restore(raised);
         poolcore_decref(self->p);
         self->p = NULL;
     }

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import threading
 import time
@@ -287,6 +288,33 @@ def test_unbounded_channel_gives_memory_back_after_a_burst() -> None:
     while len(ch):
         ch.recv_many(4096)
     assert sys.getsizeof(ch) <= small + 1024 * 8  # back to the smallest ring an unbounded channel keeps
+
+
+@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+                    reason="_testcapi.set_nomemory hooks the allocator of every thread: unsafe with the GIL off")
+def test_recv_many_loses_nothing_when_memory_runs_out() -> None:
+    pytest.importorskip("_testcapi")
+    out = run_py(
+        """
+        import _testcapi, gilfree
+        raised = 0
+        for n in range(40):  # the n-th allocation fails: every point of the call in turn
+            ch = gilfree.Channel(None)
+            ch.send_many(range(600))
+            got = []
+            _testcapi.set_nomemory(n, 0)
+            try:
+                got = ch.recv_many(1000)
+            except MemoryError:
+                raised += 1
+            finally:
+                _testcapi.remove_mem_hooks()
+            rest = ch.recv_many(1000) if len(ch) else []
+            assert got + rest == list(range(600)), n  # nothing dropped, order kept
+        print(raised)
+        """)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 0
 
 
 @pytest.mark.parametrize("bad", [True, False])

@@ -79,10 +79,10 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
 
 
 class ThreadPool(_core.Pool, cf.Executor):
-    """A fixed set of native worker threads; a drop-in concurrent.futures.Executor.
+    """Native worker threads (up to max_workers, started on demand); a drop-in concurrent.futures.Executor.
 
     ``ThreadPool(max_workers=None, *, queue_size=0, thread_name_prefix="gilfree", initializer=None,
-    initargs=())``. Default workers: the CPUs available to the process.
+    initargs=())``. Default workers: min(32, CPUs + 4), as ThreadPoolExecutor; they start on demand.
     """
 
     __module__ = "gilfree"
