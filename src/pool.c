@@ -991,7 +991,7 @@ static PyObject *
 pool_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     gf_poolcore *p = POOL_CAST(op)->p;
-    Py_ssize_t v[7];
+    Py_ssize_t v[8];
     int forked = poolcore_forked(p);
     if (!forked) {
         pthread_mutex_lock(&p->lock);
@@ -1003,11 +1003,12 @@ pool_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
     v[4] = p->queued;
     v[5] = p->running;
     v[6] = forked ? 0 : p->alive;
+    v[7] = forked ? 0 : p->idle;
     if (!forked) {
         pthread_mutex_unlock(&p->lock);
     }
-    return Py_BuildValue("{sn,sn,sn,sn,sn,sn,sn}", "submitted", v[0], "completed", v[1], "failed", v[2],
-                         "cancelled", v[3], "queued", v[4], "running", v[5], "workers", v[6]);
+    return Py_BuildValue("{sn,sn,sn,sn,sn,sn,sn,sn}", "submitted", v[0], "completed", v[1], "failed", v[2],
+                         "cancelled", v[3], "queued", v[4], "running", v[5], "workers", v[6], "idle", v[7]);
 }
 
 static PyObject *
@@ -1076,7 +1077,8 @@ static PyMethodDef pool_methods[] = {
      "shutdown(wait=True, *, cancel_futures=False)\n--\n\nStop accepting work; with cancel_futures "
      "cancel what has not started; with wait, wait for the workers to finish."},
     {"stats", pool_stats, METH_NOARGS,
-     "stats()\n--\n\nCounts: submitted, completed, failed, cancelled, queued, running, workers."},
+     "stats()\n--\n\nCounts: submitted, completed, failed, cancelled, queued, running, workers (started, "
+     "alive), idle (waiting for a task)."},
     {"_interrupt_waits", pool_interrupt_waits, METH_NOARGS, NULL},
     {"_run_inline", pool_run_inline, METH_O, NULL},
     {"_join_workers", (PyCFunction)(void (*)(void))pool_join_workers, METH_FASTCALL | METH_KEYWORDS,

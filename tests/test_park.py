@@ -86,6 +86,8 @@ def test_ctrl_c_loses_no_value() -> None:
         def produce():
             for i in range(N):
                 ch.send(i)
+                if i % 50 == 0:
+                    time.sleep(0.0005)  # last long enough to be interrupted, even with the GIL off
             ch.close()
         def pester():
             while t.is_alive():

@@ -390,6 +390,8 @@ def test_workers_start_on_demand_and_are_reused() -> None:
         assert pool.stats()["workers"] == 0 and not pool._threads
         for _ in range(50):
             pool.submit(abs, -1).result(timeout=5)
+            # (with the GIL off the worker may still be on its way back when result() returns: wait for it)
+            wait_until(lambda: pool.stats()["idle"] == pool.stats()["workers"])
         assert pool.stats()["workers"] == 1 and len(pool._threads) == 1
         gate = threading.Event()
         fs = [pool.submit(gate.wait, 5) for _ in range(6)]
