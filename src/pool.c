@@ -177,16 +177,14 @@ next_task(gf_poolcore *p)
     gf_task *t = NULL;
     pthread_mutex_lock(&p->lock);
     while (p->head == NULL && !p->shutdown) {
-        /* Idle from before the GIL is dropped: a submit made meanwhile wakes this worker rather than
-         * starting another thread (so one task at a time reuses one worker). `signalled` counts idle
-         * workers a wake-up is on its way to: each wake-up consumes one (even when another worker took
-         * the task first and this one waits again), and it never exceeds `idle` (a wake-up sent before
-         * this worker waited is lost: it finds the task without waiting). Over-counting would lose
+        /* `signalled` counts idle workers a wake-up is on its way to: each wake-up consumes one, even when
+         * another worker took the task first and this one waits again (else that wake-up would be counted
+         * for ever, and a later task would wake nobody); it never exceeds `idle`. Over-counting loses
          * wake-ups; under-counting only costs a spare one. */
-        p->idle++;
         pthread_mutex_unlock(&p->lock);
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&p->lock);
+        p->idle++;
         while (p->head == NULL && !p->shutdown) {
             pthread_cond_wait(&p->work_cv, &p->lock);
             if (p->signalled > 0) {

@@ -200,21 +200,22 @@ class ThreadPool(_core.Pool, cf.Executor):
 
         def results() -> Iterator[Any]:
             nonlocal more
+            box: list[Any] = []  # hands each value to `yield` without a local keeping it alive meanwhile
             try:
                 while pending:
                     f = pending.popleft()
                     if end_time is None and not f.done():
                         run_inline(f)  # not started yet: run it here rather than wait for a worker
                     try:
-                        value = _result(f, ctx, None if end_time is None else max(0.0, end_time - time.monotonic()))
-                    except BaseException:
+                        box.append(f.result(None if end_time is None else max(0.0, end_time - time.monotonic())))
+                    except BaseException as e:
                         f.cancel()  # timed out (or interrupted): it must not start later
+                        if isinstance(e, cf.CancelledError) and ctx is not None and ctx.err() is not None:
+                            raise ctx.err() from None
                         raise
                     del f  # the iterator keeps no reference to a result once it is yielded
                     if more:
                         more = self._fill(pending, submit_next, buffersize, ctx)
-                    box = [value]
-                    del value
                     if chunked:
                         yield from _drain(box)
                     else:
@@ -251,14 +252,12 @@ class ThreadPool(_core.Pool, cf.Executor):
                     except TimeoutError:
                         raise TimeoutError("map() did not produce a result in time") from None
                     in_flight.discard(f)
-                    value = _result(f, ctx)
+                    box = [_result(f, ctx)]
                     del f
                     if more:
                         room = buffersize - len(in_flight)
                         more = self._fill(pending, submit_next, room, ctx, on_submit)
                         pending.clear()
-                    box = [value]
-                    del value
                     if chunked:
                         yield from _drain(box)
                     else:
