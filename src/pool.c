@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct gf_task {
     struct gf_task *next;
@@ -306,6 +307,22 @@ worker_broken(worker_start *ws)
     Py_XDECREF(exc);
 }
 
+/* In a forked child, from the worker whose task forked (attached): flush sys.stdout/stderr, _exit(0). */
+static void
+forked_child_exit(void)
+{
+    const char *names[] = {"stdout", "stderr"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *f = PySys_GetObject(names[i]); /* borrowed */
+        if (f != NULL && f != Py_None) {
+            PyObject *r = PyObject_CallMethod(f, "flush", NULL);
+            Py_XDECREF(r);
+        }
+        PyErr_Clear();
+    }
+    _exit(0);
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -342,8 +359,10 @@ worker_main(void *arg)
         if (poolcore_forked(p)) {
             /* The task called os.fork() and returned in the child: this thread is the child's only one,
              * and its copy of the pool must run nothing (its queue is the parent's; its lock may be a
-             * dead thread's). End the child as a script that ran to its end would. */
-            Py_Exit(0);
+             * dead thread's). End the child as a forked child should end, os._exit(0), after flushing
+             * sys.stdout and sys.stderr. (Py_Exit would finalize from a thread the runtime does not know
+             * as its main one: 3.13 crashes there.) */
+            forked_child_exit();
         }
     }
     gf_set_thread_interrupt(NULL);
