@@ -274,6 +274,12 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (gf_deadline_from_timeout(timeout, &d, "timeout") < 0) {
         return NULL;
     }
+    if (nargs == 0 && d.infinite) {
+        /* Go's `select {}` blocks for ever, and Go reports the deadlock; here that is a clear error. (With
+         * a timeout, no case is a sleep that ends in TimeoutError.) */
+        return PyErr_Format(PyExc_ValueError, "select() needs at least one case (with none it would block "
+                                              "for ever)");
+    }
     if (nargs > 1 << 20) {
         return PyErr_Format(PyExc_ValueError, "select() takes at most %d cases", 1 << 20);
     }
@@ -355,7 +361,8 @@ static PyMethodDef select_methods[] = {
      "A case is a channel's bound recv, a (channel.send, value) pair, gilfree.default (makes the call\n"
      "non-blocking: its index is returned when nothing is ready) or None (never ready). A recv case on a\n"
      "closed, drained channel yields gilfree.CLOSED; a send case on a closed channel raises ChannelClosed.\n"
-     "Among several ready cases one is chosen uniformly at random. TimeoutError when timeout passes."},
+     "Among several ready cases one is chosen uniformly at random. TimeoutError when timeout passes.\n"
+     "No case at all and no timeout: ValueError (it would block for ever)."},
     {NULL, NULL, 0, NULL},
 };
 

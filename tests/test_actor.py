@@ -162,6 +162,20 @@ def test_restart_intensity_stops_children_and_reports() -> None:
         b.tell(1)
 
 
+def test_mailbox_means_what_a_channels_capacity_means() -> None:
+    default, unbounded, bounded = Counter.start(), Counter.start(mailbox=None), Counter.start(mailbox=3)
+    assert default._mailbox.capacity == 1024  # bounded by default
+    assert unbounded._mailbox.capacity is None and bounded._mailbox.capacity == 3
+    for ref in (default, unbounded, bounded):
+        ref.tell(2)
+        assert ref.ask("get").result(timeout=5) == 2
+        ref.stop()
+    with pytest.raises(ValueError, match="mailbox"):
+        Counter.start(mailbox=0)  # an unbuffered mailbox cannot work: tell would wait for its own drain
+    with pytest.raises(TypeError, match="mailbox"):
+        Counter.start(mailbox="8")  # type: ignore[arg-type]
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         Counter.start(mailbox=-1)

@@ -295,3 +295,10 @@ def test_timers_work_in_a_forked_child() -> None:
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_select_with_no_cases_raises_instead_of_blocking_for_ever() -> None:
+    with pytest.raises(ValueError, match="at least one case"):
+        select()
+    with pytest.raises(ValueError, match="at least one case"):
+        select(timeout=None)

@@ -66,7 +66,24 @@ class Channel(_core.Channel[T]):
     """A Go-style channel shared by threads and coroutines.
 
     ``Channel(capacity=0)``: 0 is unbuffered (a send completes when a receiver takes the value), ``N > 0``
-    bounded, ``None`` unbounded. See the README for the whole contract.
+    bounded (``send`` blocks while N values wait: backpressure), ``None`` unbounded.
+
+    - ``send(value, timeout=None)`` / ``recv(timeout=None)`` block with the GIL released; TimeoutError when
+      the timeout passes (None, inf or anything past ~31 years: never). A send that raised delivered
+      nothing; one that returned delivered exactly once.
+    - ``send_nowait`` / ``recv_nowait`` never block: WouldBlock. ``send_many(iterable)`` /
+      ``recv_many(max_items)`` move batches (errors carry ``.sent``; a failed recv_many took nothing).
+    - ``close()`` is idempotent: blocked senders raise ChannelClosed; receivers drain what is buffered,
+      then get ChannelClosed (``for v in ch`` ends; a select recv case yields ``gilfree.CLOSED``).
+    - One sender's values arrive in order; blocked senders and receivers are served first come, first
+      served. Ctrl-C reaches a blocked main thread within 100 ms and takes nothing.
+    - ``await send_async(v)`` / ``await recv_async()`` / ``async for`` from asyncio: the loop never blocks,
+      and cancelling the awaiting task withdraws the operation without losing a value.
+
+    >>> ch = Channel(2)
+    >>> ch.send(1); ch.send(2); ch.close()
+    >>> list(ch)
+    [1, 2]
     """
 
     __slots__ = ()

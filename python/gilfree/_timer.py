@@ -186,6 +186,8 @@ class Ticker(Channel[float]):
     _timer: _Timer
 
     def stop(self) -> None:
+        """Stop ticking (idempotent): the ticker is closed (``for t in ticker`` ends once a pending tick is
+        read) and its timer withdrawn at once."""
         self.close()
         timer = getattr(self, "_timer", None)
         if timer is not None:

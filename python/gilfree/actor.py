@@ -32,6 +32,19 @@ from ._future import Future
 __all__ = ["Actor", "ActorRef", "ActorStopped", "Supervisor"]
 
 
+DEFAULT_MAILBOX = 1024
+
+
+def _check_mailbox(mailbox: Any) -> None:
+    if mailbox is None:
+        return
+    if isinstance(mailbox, bool) or not isinstance(mailbox, int):
+        raise TypeError(f"mailbox must be an int or None, not {type(mailbox).__name__}")
+    if mailbox < 1:
+        # An unbuffered mailbox would make tell wait for a receive that is only scheduled after it.
+        raise ValueError(f"mailbox must be >= 1 (a bounded mailbox) or None (unbounded), got {mailbox}")
+
+
 class ActorStopped(RuntimeError):
     """The actor is stopped: it takes no more messages."""
 
@@ -39,12 +52,17 @@ class ActorStopped(RuntimeError):
 
 
 class Actor:
-    """Subclass and define ``receive(self, message)``; start with ``MyActor.start(*args, mailbox=0,
-    pool=None, **kwargs)`` (mailbox 0: unbounded). Hooks: ``on_start``, ``on_stop``, ``on_failure(exc)``."""
+    """Subclass and define ``receive(self, message)``; start with ``MyActor.start(*args, mailbox=1024,
+    pool=None, **kwargs)``. ``mailbox`` is the mailbox channel's capacity, as for ``Channel``: N (bounded,
+    the default 1024: ``tell`` blocks while it is full) or None (unbounded). Hooks: ``on_start``,
+    ``on_stop``, ``on_failure(exc)``."""
 
     __module__ = "gilfree"
 
     def receive(self, message: Any) -> Any:
+        """Handle one message; the return value answers an ``ask`` (an exception raised here answers it
+        instead, then ``on_failure`` runs and a supervisor may restart the actor). Runs on the pool, one
+        message at a time per actor, in arrival order."""
         raise NotImplementedError("an Actor subclass defines receive(self, message)")
 
     def on_start(self) -> None:
@@ -57,9 +75,10 @@ class Actor:
         """Called when receive raised (the message is dropped; an ask gets the exception)."""
 
     @classmethod
-    def start(cls, *args: Any, mailbox: int = 0, pool: Any = None, **kwargs: Any) -> ActorRef:
-        if isinstance(mailbox, bool) or not isinstance(mailbox, int) or mailbox < 0:
-            raise ValueError("mailbox must be an int >= 0 (0: unbounded)")
+    def start(cls, *args: Any, mailbox: int | None = DEFAULT_MAILBOX, pool: Any = None, **kwargs: Any
+              ) -> ActorRef:
+        """Start an actor of this class (``cls(*args, **kwargs)``) and return its ref."""
+        _check_mailbox(mailbox)
         if pool is not None and not isinstance(pool, cf.Executor):
             raise TypeError("pool must be a concurrent.futures.Executor or None")
         return ActorRef(cls, args, kwargs, mailbox, pool)
@@ -70,14 +89,14 @@ class ActorRef:
 
     __module__ = "gilfree"
 
-    def __init__(self, cls: type[Actor], args: tuple[Any, ...], kwargs: dict[str, Any], mailbox: int,
+    def __init__(self, cls: type[Actor], args: tuple[Any, ...], kwargs: dict[str, Any], mailbox: int | None,
                  pool: Any) -> None:
         if pool is None:
             from ._parallel import default_pool
 
             pool = default_pool()
         self._cls, self._args, self._kwargs, self._pool = cls, args, kwargs, pool
-        self._mailbox: Channel[tuple[Any, Future[Any] | None]] = Channel(mailbox if mailbox else None)
+        self._mailbox: Channel[tuple[Any, Future[Any] | None]] = Channel(mailbox)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when a receive ends
         self._busy: int | None = None  # the thread ident running receive now, or None
@@ -238,13 +257,13 @@ class Supervisor:
             self.children.append(ref)
 
     @staticmethod
-    def _spec(spec: ChildSpec) -> tuple[type[Actor], tuple[Any, ...], dict[str, Any], int]:
+    def _spec(spec: ChildSpec) -> tuple[type[Actor], tuple[Any, ...], dict[str, Any], int | None]:
         if isinstance(spec, type) and issubclass(spec, Actor):
-            return spec, (), {}, 0
+            return spec, (), {}, DEFAULT_MAILBOX
         if isinstance(spec, tuple) and spec and isinstance(spec[0], type) and issubclass(spec[0], Actor):
             args = tuple(spec[1]) if len(spec) > 1 else ()
             kwargs = dict(spec[2]) if len(spec) > 2 else {}
-            return spec[0], args, kwargs, int(spec[3]) if len(spec) > 3 else 0
+            return spec[0], args, kwargs, spec[3] if len(spec) > 3 else DEFAULT_MAILBOX
         raise TypeError("a child is an Actor subclass or (cls, args, kwargs[, mailbox])")
 
     def _child_failed(self, ref: ActorRef, exc: BaseException) -> None:
