@@ -653,6 +653,30 @@ pool_unusable(gf_poolcore *p, gf_state *st)
     return NULL;
 }
 
+/* Under lock: take the queued task that is `target` (or, target NULL, whose future is `fut`) off the
+ * queue. Returns it, or NULL if it is not queued (a worker took it). */
+static gf_task *
+queue_unlink(gf_poolcore *p, gf_task *target, PyObject *fut)
+{
+    gf_task *prev = NULL;
+    for (gf_task *t = p->head; t != NULL; prev = t, t = t->next) {
+        if (target != NULL ? t == target : (PyObject *)t->fut == fut) {
+            if (prev) {
+                prev->next = t->next;
+            }
+            else {
+                p->head = t->next;
+            }
+            if (p->tail == t) {
+                p->tail = prev;
+            }
+            p->queued--;
+            return t;
+        }
+    }
+    return NULL;
+}
+
 /* Queue t, blocking (GIL released, Ctrl-C works) while a bounded queue is full. 0 queued; -1 error (t is
  * still the caller's). */
 static int
@@ -682,23 +706,10 @@ enqueue(PoolObject *self, gf_task *t)
             if (start_reserved(self, start) < 0) {
                 /* Not a single worker thread could be started: take t back, so submit fails cleanly. */
                 pthread_mutex_lock(&p->lock);
-                gf_task *prev = NULL;
-                for (gf_task *q = p->head; q != NULL; prev = q, q = q->next) {
-                    if (q == t) {
-                        if (prev) {
-                            prev->next = t->next;
-                        }
-                        else {
-                            p->head = t->next;
-                        }
-                        if (p->tail == t) {
-                            p->tail = prev;
-                        }
-                        p->queued--;
-                        p->submitted--;
-                        pthread_mutex_unlock(&p->lock);
-                        return -1;
-                    }
+                if (queue_unlink(p, t, NULL) != NULL) {
+                    p->submitted--;
+                    pthread_mutex_unlock(&p->lock);
+                    return -1;
                 }
                 pthread_mutex_unlock(&p->lock);
                 PyErr_Clear(); /* a thread started meanwhile and took it */
@@ -901,25 +912,12 @@ pool_run_inline(PyObject *op, PyObject *fut)
     }
     gf_wakelist wl;
     gf_wakelist_init(&wl);
-    gf_task *t = NULL, *prev = NULL;
     pthread_mutex_lock(&p->lock);
-    for (t = p->head; t != NULL; prev = t, t = t->next) {
-        if ((PyObject *)t->fut == fut) {
-            if (prev) {
-                prev->next = t->next;
-            }
-            else {
-                p->head = t->next;
-            }
-            if (p->tail == t) {
-                p->tail = prev;
-            }
-            p->queued--;
-            p->running++;
-            if (p->queue_size > 0) {
-                (void)gf_waitq_fire_first(&p->submitq, 0, NULL, &wl);
-            }
-            break;
+    gf_task *t = queue_unlink(p, NULL, fut);
+    if (t != NULL) {
+        p->running++;
+        if (p->queue_size > 0) {
+            (void)gf_waitq_fire_first(&p->submitq, 0, NULL, &wl);
         }
     }
     pthread_mutex_unlock(&p->lock);
