@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import unittest
-from concurrent.futures import ThreadPoolExecutor as _StdPool
 
 MODULES = ["executor", "test_wait", "test_as_completed", "test_shutdown", "test_thread_pool", "test_init"]
 
@@ -33,7 +32,7 @@ DIFFERENT_BY_DESIGN = {
 }
 
 
-SITECUSTOMIZE = """
+SWAP_MODULE = """
 import concurrent.futures, concurrent.futures.thread, gilfree
 concurrent.futures.ThreadPoolExecutor = concurrent.futures.thread.ThreadPoolExecutor = gilfree.ThreadPool
 concurrent.futures.ThreadPool = gilfree.ThreadPool
@@ -45,7 +44,6 @@ def swapping_venv() -> str:
     every start: the tests that start a fresh interpreter (``python -I -c ...``, which ignores PYTHONPATH)
     then run gilfree too. Returns its python."""
     import shutil
-    import sysconfig
     import tempfile
 
     import gilfree
@@ -57,10 +55,9 @@ def swapping_venv() -> str:
                              check=True, capture_output=True, text=True).stdout.strip()
     shutil.copytree(os.path.dirname(gilfree.__file__), os.path.join(purelib, "gilfree"))
     with open(os.path.join(purelib, "_gilfree_cf_swap.py"), "w") as f:
-        f.write(SITECUSTOMIZE)
+        f.write(SWAP_MODULE)
     with open(os.path.join(purelib, "_gilfree_cf_swap.pth"), "w") as f:
         f.write("import _gilfree_cf_swap\n")
-    assert sysconfig  # (the venv's paths come from its own interpreter above)
     return python
 
 
@@ -100,7 +97,6 @@ def _flatten(suite: unittest.TestSuite) -> list[unittest.TestCase]:
 
 def run_one(test_id: str) -> bool:
     swap()  # (the venv's .pth did it already; this keeps --one usable on its own)
-    assert _StdPool is not None
     result = unittest.TextTestRunner(stream=sys.stderr, verbosity=0).run(
         unittest.defaultTestLoader.loadTestsFromName(test_id))
     return result.wasSuccessful() and result.testsRun == 1
