@@ -55,9 +55,28 @@ def test_readme_has_examples() -> None:
     assert len(EXAMPLES) >= 4
 
 
+# A C block headed "// name.c — build command" is built, with that command, in the directory where the
+# Python examples run, so an example that loads the library it builds runs as the README shows it.
+C_BLOCKS = re.findall(r"```c\n// (\S+\.c) — (.*?)\n(.*?)```", README, re.S)
+
+
+@pytest.fixture(scope="module")
+def readme_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("readme")
+    for name, command, body in C_BLOCKS:
+        (d / name).write_text(body)
+        subprocess.run(command, shell=True, cwd=d, check=True)
+    return d
+
+
+def test_readme_c_blocks_are_found() -> None:
+    assert [name for name, _, _ in C_BLOCKS] == ["kernel.c"]
+
+
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))
-def test_readme_example_runs(index: int) -> None:
-    out = subprocess.run([sys.executable, "-c", EXAMPLES[index]], capture_output=True, text=True, timeout=60)
+def test_readme_example_runs(index: int, readme_dir: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", EXAMPLES[index]], capture_output=True, text=True, timeout=60,
+                         cwd=readme_dir)
     assert out.returncode == 0, out.stderr
 
 
