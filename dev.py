@@ -9,6 +9,8 @@
     python3 dev.py test --debug               the same with the C invariants checked (GF_ASSERT)
     python3 dev.py test --free-threaded       under the free-threaded CPython of ../shared/tools (GIL off)
     python3 dev.py test --python /path/to/python3.12     under another interpreter
+    python3 dev.py docs                       build the documentation (warnings are errors) and run its examples
+    python3 dev.py dist                       build the sdist and the wheel into dist/, and check them
 
 Each (interpreter, build) pair gets its own virtualenv in .venv/ and its own build in build/; the package is
 built from this tree and put first on PYTHONPATH, so the tests always run the code checked out here.
@@ -27,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "cffi>=1.15", "numpy", "matplotlib",
-                     "jsonschema", "nbclient", "nbformat", "ipykernel", "setuptools>=77"]
+                     "jsonschema", "nbclient", "nbformat", "ipykernel", "setuptools>=77", "dask[distributed]",
+                     "sphinx>=7", "build", "twine", "auditwheel"]
 BENCH_REQUIREMENTS = ["setuptools>=77", "matplotlib"]
 
 
@@ -139,6 +142,44 @@ def cmd_test(args: argparse.Namespace, extra: list[str]) -> int:
     return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
 
+def sphinx_build(vpython: str, env: dict[str, str], out: Path) -> int:
+    """Build the documentation into out/html (warnings are errors), then run every example in it."""
+    status = 0
+    for builder in ("html", "doctest"):
+        cmd = [vpython, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", builder, "-d", str(out / "doctrees"),
+               str(ROOT / "docs"), str(out / builder)]
+        print("+", " ".join(cmd), flush=True)
+        status = status or subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    return status
+
+
+def cmd_docs(args: argparse.Namespace, extra: list[str]) -> int:
+    python = args.python or sys.executable
+    itag = interpreter_tag(python)
+    vpython = venv(python, itag, TEST_REQUIREMENTS)
+    lib = build(vpython, itag + "-docs", None)
+    status = sphinx_build(vpython, test_env(lib, None), ROOT / "build" / "docs")
+    if status == 0:
+        print(f"documentation: {ROOT / 'build' / 'docs' / 'html' / 'index.html'}")
+    return status
+
+
+def cmd_dist(args: argparse.Namespace, extra: list[str]) -> int:
+    """sdist and wheel with python -m build (in an isolated environment, as pip would), then twine check and
+    auditwheel show."""
+    python = args.python or sys.executable
+    itag = interpreter_tag(python)
+    vpython = venv(python, itag, TEST_REQUIREMENTS)
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    run([vpython, "-m", "build", "--outdir", str(dist), *extra])
+    files = sorted(str(p) for p in dist.iterdir())
+    run([vpython, "-m", "twine", "check", "--strict", *files])
+    for wheel in (f for f in files if f.endswith(".whl")):
+        run([vpython, "-m", "auditwheel", "show", wheel])
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     python = args.python or sys.executable
     itag = interpreter_tag(python)
@@ -183,10 +224,14 @@ def main() -> int:
     b.add_argument("--python", help="interpreter to benchmark with (default: this one)")
     b.add_argument("--components", action="store_true",
                    help="run the per-feature benchmarks (channel, pool, native) instead of gilfree.bench")
+    d = sub.add_parser("docs", help="build the documentation into build/docs (warnings are errors)")
+    d.add_argument("--python", help="interpreter to build with (default: this one)")
+    p = sub.add_parser("dist", help="build the sdist and wheel into dist/; twine check; auditwheel show")
+    p.add_argument("--python", help="interpreter to build with (default: this one)")
     args = parser.parse_args(argv)
     if sys.version_info < (3, 11) and not args.python:
         raise SystemExit("gilfree needs Python 3.11 or newer")
-    return {"test": cmd_test, "bench": cmd_bench}[args.command](args, extra)
+    return {"test": cmd_test, "bench": cmd_bench, "docs": cmd_docs, "dist": cmd_dist}[args.command](args, extra)
 
 
 if __name__ == "__main__":

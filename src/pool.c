@@ -1086,7 +1086,7 @@ pool_dealloc(PyObject *op)
 
 static PyMethodDef pool_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL | METH_KEYWORDS,
-     "submit(fn, /, *args, **kwargs)\n--\n\nSchedule fn(*args, **kwargs); return a gilfree.Future. With "
+     "submit(fn, /, *args, **kwargs)\n--\n\nSchedule ``fn(*args, **kwargs)``; return a gilfree.Future. With "
      "queue_size > 0, blocks (GIL released) while that many tasks wait to start."},
     {"shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_FASTCALL | METH_KEYWORDS,
      "shutdown(wait=True, *, cancel_futures=False)\n--\n\nStop accepting work; with cancel_futures "

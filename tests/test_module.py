@@ -75,8 +75,18 @@ def test_readme_c_blocks_are_found() -> None:
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))
 def test_readme_example_runs(index: int, readme_dir: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", EXAMPLES[index]], capture_output=True, text=True, timeout=60,
-                         cwd=readme_dir)
+    code = EXAMPLES[index]
+    if "dask" in code:
+        if os.environ.get("GILFREE_SANITIZER"):
+            pytest.skip("dask's worker processes are not run under the sanitizers")
+        pytest.importorskip("dask.distributed", reason="dask[distributed] comes with the test extra")
+    if "__main__" in code:  # run as a script, so that worker processes can import its functions
+        script = readme_dir / f"readme_example_{index}.py"
+        script.write_text(code)
+        cmd = [sys.executable, str(script)]
+    else:
+        cmd = [sys.executable, "-c", code]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=readme_dir)
     assert out.returncode == 0, out.stderr
 
 
@@ -90,7 +100,8 @@ def test_mypy_strict_accepts_stubs_package_and_readme(tmp_path: Path) -> None:
         files.append(str(f))
     env = dict(os.environ, MYPYPATH=str(ROOT / "python"))
     env.pop("PYTHONPATH", None)
-    cmd = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
+    cmd = [sys.executable, "-m", "mypy", "--strict", "--untyped-calls-exclude=distributed",  # dask's API is untyped
+           "--cache-dir", str(tmp_path / "cache"),
            "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
            str(ROOT / "python" / "gilfree"), *files]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
