@@ -51,7 +51,7 @@ else:
 
 setup(
     package_dir={"": "python"},
-    packages=["gilfree"],
+    packages=["gilfree", "gilfree.bench"],
     package_data={"gilfree": ["py.typed", "*.pyi"]},
     ext_modules=[
         Extension(

@@ -90,9 +90,20 @@ kernels hold no GIL, so it wakes on time."""),
     code("""from gilfree import bench
 report = bench.run(workers=[1, 2], sizes=bench.TINY if TINY else None)
 print(report.table())"""),
-    code("""from IPython.display import Image, display
-report.plot("gil_effects.png")
-display(Image("gil_effects.png"))"""),
+    code("""report.plot()   # a matplotlib Figure: shown inline; report.plot("gil_effects.png") also writes a file"""),
+    md("""## 3b. What free-threaded Python changes
+
+Give a second interpreter, a free-threaded one (`python3.13t`, with gilfree installed there) for instance,
+in `GILFREE_NOTEBOOK_PYTHON`, and the same work runs under it too: its columns are labelled with the
+interpreter and its GIL status, e.g. `threading [3.13t, GIL off]`. With the GIL off, pure-Python threads
+scale like the native kernels do."""),
+    code("""OTHER = os.environ.get("GILFREE_NOTEBOOK_PYTHON")
+if OTHER:
+    both = bench.run(["cpu_python"], workers=[1, 2], sizes=bench.TINY if TINY else None, pythons=[OTHER])
+    print(both.table())
+else:
+    print("set GILFREE_NOTEBOOK_PYTHON to another interpreter's path to compare")"""),
+    code("""both.plot() if OTHER else None"""),
     md("""## 4. A Mandelbrot image, computed in parallel
 
 `kernels.mandelbrot` fills a buffer of iteration counts on every core with the GIL released; numpy views

@@ -1,0 +1,197 @@
+"""gilfree.bench — what the GIL does to threading, what multiprocessing costs, what native parallel
+execution gains, measured on this machine.
+
+    python -m gilfree.bench [--quick | --full] [--workers 1,2,4] [--scenario cpu_python,io_sleep]
+                            [--python OTHER_PYTHON ...] [--json PATH] [--csv PATH] [--plot PATH.png]
+
+Every scenario does the same work under every executor (results checked equal): serial; threading
+(ThreadPoolExecutor); multiprocessing (ProcessPoolExecutor, start method shown); gilfree.ThreadPool running
+Python callables; gilfree native kernels. The work is sized to the machine: every worker of the largest
+worker count gets at least 8 tasks, and the serial runs last about 0.2-0.3 s (--full: 1-1.5 s), calibrated
+by a short timed probe. Each figure is the median of the repetitions with min–max; with it: speedup versus
+serial, parallel efficiency (the executor's 1-worker time / (workers x its time)), CPU utilisation (process
+CPU time / wall / workers), peak RSS (reset before each measurement), and the GIL convoy probe: while the
+executor runs, a probe thread sleeps 1 ms again and again and records how late it wakes (p50/p99).
+``--python PATH`` (repeatable) runs the same work under other interpreters (a free-threaded one, say) and
+merges their columns, labelled with the interpreter and its GIL status, into one report.
+
+Importable: ``run(scenarios=..., workers=...) -> Report`` with ``.table()``, ``.to_json()``, ``.plot()``.
+JSON schema: ``gilfree.bench.JSON_SCHEMA``.
+
+The package follows the data's path: ``scenarios`` (the work), ``executors`` (how it runs), ``measure``
+(timing, the probe, RSS), ``report`` (table, JSON, CSV), ``plot``, ``cli``; ``run`` below ties them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any, Callable, Sequence
+
+from . import executors as _executors
+from . import scenarios as _scenarios
+from .executors import EXECUTORS
+from .measure import ConvoyProbe, measure
+from .report import JSON_SCHEMA, Cell, Report, interpreter_label, machine_info
+from .scenarios import EXTRA, FULL, QUICK, SCENARIOS, TINY, Plan, Sizes
+
+__all__ = ["EXECUTORS", "FULL", "JSON_SCHEMA", "QUICK", "Report", "SCENARIOS", "TINY", "Cell", "ConvoyProbe",
+           "Sizes", "main", "run"]
+
+
+def _progress(done: int, total: int, what: str, enabled: bool) -> None:
+    if not enabled:
+        return
+    width = 30
+    filled = int(width * done / max(1, total))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what[:40]:40}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def _worker_counts(workers: Sequence[int] | None, cpus: int) -> list[int]:
+    if workers is None:
+        ws, w = [], 1
+        while w < cpus:
+            ws.append(w)
+            w *= 2
+        ws.append(cpus)
+        return ws
+    ws = sorted(set(workers))
+    if not ws or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in ws):
+        raise ValueError("workers must be positive integers")
+    return ws
+
+
+def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = None, *, full: bool = False,
+        repeat: int | None = None, progress: bool = False, sizes: Sizes | None = None,
+        pythons: Sequence[str] = (), plan: Plan | None = None) -> Report:
+    """Run the comparison and return its Report.
+
+    Args:
+        scenarios: names from ``SCENARIOS`` and ``"messages"``, ``"dispatch"`` (default: all).
+        workers: worker counts (default 1, 2, 4, ... up to the CPUs).
+        full: the larger sizes and more repetitions of ``FULL`` (default ``QUICK``).
+        repeat: timed repetitions per figure (default the sizes').
+        progress: draw a progress bar on stderr.
+        sizes: ``QUICK``, ``FULL``, ``TINY`` or your own ``Sizes``.
+        pythons: other interpreters to run the same work under (each must import gilfree); their columns
+            are merged into the report (``Report.others``).
+        plan: the exact work to do (the one another run chose), instead of calibrating here.
+
+    Raises:
+        ValueError: an unknown scenario, a worker count below 1, or ``repeat`` below 1.
+    """
+    sz = sizes or (FULL if full else QUICK)
+    reps = repeat or sz.repeat
+    if reps < 1:
+        raise ValueError("repeat must be >= 1")
+    cpus = len(os.sched_getaffinity(0))
+    ws = _worker_counts(workers, cpus)
+    chosen = list(scenarios) if scenarios is not None else SCENARIOS + EXTRA
+    unknown = [s for s in chosen if s not in SCENARIOS + EXTRA]
+    if unknown:
+        raise ValueError(f"unknown scenario(s): {', '.join(unknown)} (choose from {', '.join(SCENARIOS + EXTRA)})")
+    for p in pythons:
+        if not (os.path.isfile(p) and os.access(p, os.X_OK)):
+            raise ValueError(f"pythons: {p!r} is not an executable file")
+    report = Report(machine_info())
+    label = interpreter_label(report.machine)
+    if max(ws) > cpus:
+        report.warnings.append(f"{max(ws)} workers on {cpus} CPUs: the figures past {cpus} workers measure "
+                               f"oversubscription, not scaling")
+    main_scens = [s for s in chosen if s in SCENARIOS]
+    the_plan = plan or _scenarios.plan(sz, max(ws), main_scens)
+    report.machine["plan"] = the_plan.as_dict()
+    with tempfile.TemporaryDirectory(prefix="gilfree-bench-") as data_dir:
+        scen = _scenarios.build(the_plan, data_dir)
+        total = len(main_scens) * (1 + 4 * len(ws)) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
+        done = 0
+        noisy: list[str] = []
+        executors = _executors.make(ws)
+        try:
+            for name in main_scens:
+                s = scen[name]
+                report.machine["descriptions"][name] = s.description
+                serial_median = 0.0
+                one_worker: dict[str, float] = {}
+                expected = None
+                plan_cells: list[tuple[str, int]] = [("serial", 1)] + [(e, w) for w in ws for e in EXECUTORS[1:]]
+                for ex, w in plan_cells:
+                    _progress(done, total, f"{name}: {ex} x{w}", progress)
+                    fn, pids = _executors.runner(s, ex, w, executors)
+                    walls, result, util, rss, (p50, p99) = measure(fn, reps, pids, w)
+                    if expected is None:
+                        expected = result
+                    if result != expected:
+                        raise AssertionError(f"{name}: {ex} x{w} computed {result!r}, serial {expected!r}")
+                    med = statistics.median(walls)
+                    serial_median = serial_median or med
+                    if w == 1:
+                        one_worker[ex] = med
+                    base = one_worker.get(ex, serial_median)
+                    cell = Cell(name, ex, w, walls, med, min(walls), max(walls), serial_median / med,
+                                base / med / w, util, rss, p50, p99, True, label)
+                    report.cells.append(cell)
+                    if med > 0 and (max(walls) - min(walls)) / med > 0.10:
+                        noisy.append(f"{name}/{ex} x{w} ({(max(walls) - min(walls)) / med:.0%})")
+                    done += 1
+            if noisy:
+                report.warnings.append(
+                    f"{len(noisy)} of {len(report.cells)} figures spread (max - min) over 10% of their median, "
+                    f"a noisy machine: compare ratios from one run, or use --full. Worst: "
+                    + ", ".join(sorted(noisy, key=lambda t: -float(t.rsplit("(", 1)[1][:-2]))[:5]))
+            if "dispatch" in chosen:
+                report.dispatch = _executors.dispatch(sz, ws, executors, reps, lambda d: _progress(
+                    done + d, total, "dispatch", progress))
+                done += len(ws)
+            if "messages" in chosen:
+                _progress(done, total, "messages", progress)
+                report.messages = _scenarios.messages(sz, reps)
+                done += 1
+            _progress(total, total, "done", progress)
+        finally:
+            _executors.shutdown(executors)
+    for p in pythons:
+        report.others.append(_run_under(p, chosen, ws, reps, sz, the_plan))
+    return report
+
+
+def _run_under(python: str, chosen: list[str], ws: list[int], reps: int, sz: Sizes, the_plan: Plan) -> Report:
+    """The same work under another interpreter, in a subprocess; its report comes back as JSON."""
+    env = dict(os.environ)
+    probe = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('Py_GIL_DISABLED') or 0)"],
+                           capture_output=True, text=True, env=env)
+    if probe.returncode == 0 and probe.stdout.strip() == "1":
+        env.setdefault("PYTHON_GIL", "0")  # a free-threaded build: measure it with the GIL off, as it is meant
+    check = subprocess.run([python, "-c", "import gilfree"], capture_output=True, text=True, env=env)
+    if check.returncode != 0:
+        raise RuntimeError(f"{python} cannot import gilfree: install it there ({python} -m pip install gilfree, "
+                           f"or from a checkout: python3 dev.py bench --python {python}, which builds it for each "
+                           f"interpreter)\n{check.stderr.strip().splitlines()[-1] if check.stderr else ''}")
+    with tempfile.TemporaryDirectory(prefix="gilfree-bench-other-") as d:
+        out = os.path.join(d, "report.json")
+        spec = json.dumps({"scenarios": chosen, "workers": ws, "repeat": reps, "sizes": sz.__dict__,
+                           "plan": the_plan.as_dict(), "json": out})
+        r = subprocess.run([python, "-m", "gilfree.bench.cli", "--child", spec], env=env, text=True,
+                           capture_output=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"the run under {python} failed:\n{r.stderr[-2000:]}")
+        with open(out) as f:
+            return Report.from_dict(json.load(f))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (``python -m gilfree.bench``, ``gilfree-bench``)."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
+
+
+# For code written against the single-module version.
+_noop: Callable[..., Any] = _scenarios._noop

@@ -1,0 +1,7 @@
+"""python -m gilfree.bench"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,240 @@
+"""The work: what each scenario computes, sized to the machine.
+
+Every scenario is a list of work units (tasks) and a function of one unit, plus the same work as a native
+kernel. Sizing (``plan``): every worker of the largest worker count gets at least ``TASKS_PER_WORKER`` tasks,
+and the serial figure of the CPU scenarios lasts about ``Sizes.cpu_python_s``/``cpu_native_s`` seconds on this
+machine, calibrated from a short timed probe, so start-up costs and one slow task do not dominate. The
+report states the sizes chosen, so runs on two machines can be compared per task.
+
+To add a scenario: a unit function at module level (it crosses into worker processes), an entry in
+``SCENARIOS`` and in ``build``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .. import kernels, reference
+from .._pool import ThreadPool
+
+SCENARIOS = ["cpu_python", "cpu_native", "io_sleep", "io_files", "mixed"]
+EXTRA = ["messages", "dispatch"]  # measured per message / per task, not per executor column
+TASKS_PER_WORKER = 8
+MIN_TASKS = 32
+
+# ---- work units (module level: they cross into worker processes) ----------------------------------------
+
+
+def _py_primes(bounds: tuple[int, int]) -> int:
+    return reference.count_primes(*bounds)
+
+
+def _native_primes(bounds: tuple[int, int]) -> int:
+    return kernels.count_primes(bounds[0], bounds[1], workers=1)
+
+
+def _sleep_unit(seconds: float) -> int:
+    time.sleep(seconds)
+    return 1
+
+
+def _read_unit(path: str) -> int:
+    with open(path, "rb", buffering=0) as f:
+        total = 0
+        while chunk := f.read(1 << 20):
+            total += len(chunk)
+    return total
+
+
+MIXED_SPAN = 1500
+
+
+def _mixed_unit(path: str) -> int:
+    n = _read_unit(path)
+    return reference.count_primes(n, n + MIXED_SPAN)
+
+
+def _noop(_: Any = None) -> None:
+    return None
+
+
+@dataclass
+class Sizes:
+    """How much work: the serial seconds the CPU scenarios aim at (calibrated on this machine), or fixed
+    prime bounds (``py_primes``/``native_primes`` > 0: no calibration, as the smoke tests use)."""
+
+    cpu_python_s: float
+    cpu_native_s: float
+    sleep_s: float
+    file_kib: int
+    messages: int
+    dispatch: int
+    repeat: int
+    py_primes: int = 0
+    native_primes: int = 0
+    min_tasks: int = MIN_TASKS
+
+
+QUICK = Sizes(cpu_python_s=0.2, cpu_native_s=0.3, sleep_s=0.002, file_kib=256, messages=20_000, dispatch=2_000,
+              repeat=5)
+FULL = Sizes(cpu_python_s=1.0, cpu_native_s=1.5, sleep_s=0.004, file_kib=2048, messages=200_000,
+             dispatch=20_000, repeat=9)
+TINY = Sizes(cpu_python_s=0, cpu_native_s=0, sleep_s=0.001, file_kib=8, messages=500, dispatch=100, repeat=2,
+             py_primes=3_000, native_primes=60_000, min_tasks=4)  # smoke tests and the notebook's test run
+
+
+def _calibrate(count: Callable[[int, int], int], target_s: float, start: int) -> int:
+    """The bound n such that count(0, n) takes about target_s here: time growing probes until one takes
+    20 ms, then extrapolate (prime counting by trial division grows about as n**1.5)."""
+    n = start
+    while True:
+        t0 = time.perf_counter()
+        count(0, n)
+        dt = time.perf_counter() - t0
+        if dt >= 0.02 or n >= 1 << 40:
+            break
+        n *= 4
+    return max(1000, int(n * (target_s / max(dt, 1e-6)) ** (1 / 1.5)))
+
+
+@dataclass
+class Plan:
+    """The sizes chosen for one run (stated in the report)."""
+
+    tasks: int
+    py_primes: int
+    native_primes: int
+    sleeps: int
+    sleep_s: float
+    files: int
+    file_kib: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan(sz: Sizes, max_workers: int, scenarios: list[str]) -> Plan:
+    tasks = max(sz.min_tasks, TASKS_PER_WORKER * max_workers)
+    py = sz.py_primes or (_calibrate(reference.count_primes, sz.cpu_python_s, 2000)
+                          if "cpu_python" in scenarios else 0)
+    nat = sz.native_primes or (_calibrate(lambda a, b: kernels.count_primes(a, b, workers=1), sz.cpu_native_s,
+                                          20_000) if "cpu_native" in scenarios else 0)
+    return Plan(tasks=tasks, py_primes=py, native_primes=nat, sleeps=tasks, sleep_s=sz.sleep_s, files=tasks,
+                file_kib=sz.file_kib)
+
+
+def _native_sleeps(p: Plan, workers: int, pool: ThreadPool) -> int:
+    kernels.sleep(p.sleep_s, p.sleeps, workers=workers, pool=pool)
+    return p.sleeps
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    step = max(1, -(-n // parts))
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    units: list[Any]
+    unit_fn: Callable[[Any], Any]
+    native: Callable[[int, ThreadPool], Any]
+    combine: Callable[[list[Any]], Any] = sum
+
+
+def build(p: Plan, data_dir: str) -> dict[str, Scenario]:
+    """The scenarios of a plan; the files of io_files and mixed are written into data_dir."""
+    paths = []
+    for i in range(p.files):
+        path = os.path.join(data_dir, f"data{i:04d}.bin")
+        if not os.path.exists(path):
+            with open(path, "wb") as f:
+                f.write(os.urandom(p.file_kib * 1024 + i * 37))
+        paths.append(path)
+    py_units = split(p.py_primes, p.tasks)
+    nat_units = split(p.native_primes, p.tasks)
+    return {
+        "cpu_python": Scenario(
+            "cpu_python", f"count primes below {p.py_primes:,} in pure Python ({len(py_units)} tasks)", py_units,
+            _py_primes, lambda w, pool: kernels.count_primes(0, p.py_primes, workers=w, pool=pool)),
+        "cpu_native": Scenario(
+            "cpu_native", f"count primes below {p.native_primes:,} with the C kernel ({len(nat_units)} tasks)",
+            nat_units, _native_primes,
+            lambda w, pool: kernels.count_primes(0, p.native_primes, workers=w, pool=pool)),
+        "io_sleep": Scenario(
+            "io_sleep", f"{p.sleeps} blocking sleeps of {p.sleep_s * 1e3:.0f} ms", [p.sleep_s] * p.sleeps,
+            _sleep_unit, lambda w, pool: _native_sleeps(p, w, pool)),
+        "io_files": Scenario(
+            "io_files", f"read {p.files} files of ~{p.file_kib} KiB", paths, _read_unit,
+            lambda w, pool: sum(kernels.read_files(paths, workers=w, pool=pool))),
+        "mixed": Scenario(
+            "mixed", f"pipeline: read each of {p.files} files, then count primes after its size", paths,
+            _mixed_unit, lambda w, pool: sum(kernels.count_primes(n, n + MIXED_SPAN, workers=w, pool=pool)
+                                             for n in kernels.read_files(paths, workers=w, pool=pool))),
+    }
+
+
+# ---- messages: one producer, one consumer, per message -------------------------------------------------
+
+
+def _mp_produce(q: Any, n: int) -> None:
+    q.put(-1)
+    for i in range(n):
+        q.put(i)
+
+
+def messages(sz: Sizes, repeat: int) -> list[dict[str, Any]]:
+    """ns per message through gilfree.Channel, queue.Queue (threads) and multiprocessing.Queue (processes)."""
+    import multiprocessing
+    import queue
+    import statistics
+    import threading
+
+    from .._channel import Channel
+
+    n = sz.messages
+    rows = []
+
+    def spsc(put: Callable[[int], object], get: Callable[[], object]) -> float:
+        def produce() -> None:
+            for i in range(n):
+                put(i)
+
+        t = threading.Thread(target=produce)
+        t0 = time.perf_counter()
+        t.start()
+        for _ in range(n):
+            get()
+        dt = time.perf_counter() - t0
+        t.join()
+        return dt
+
+    def chan() -> float:
+        ch: Channel[int] = Channel(1024)
+        return spsc(ch.send, ch.recv)
+
+    def qq() -> float:
+        q: queue.Queue[int] = queue.Queue(1024)
+        return spsc(q.put, q.get)
+
+    def mpq() -> float:
+        q: Any = multiprocessing.Queue(1024)
+        p = multiprocessing.Process(target=_mp_produce, args=(q, n))
+        p.start()
+        q.get()  # the producer is up
+        t0 = time.perf_counter()
+        for _ in range(n):
+            q.get()
+        dt = time.perf_counter() - t0
+        p.join()
+        return dt
+
+    for name, fn in (("gilfree.Channel(1024)", chan), ("queue.Queue(1024)", qq),
+                     ("multiprocessing.Queue(1024)", mpq)):
+        ts = sorted(fn() / n * 1e9 for _ in range(repeat))
+        rows.append({"name": name, "median_ns": statistics.median(ts), "min_ns": ts[0], "max_ns": ts[-1]})
+    return rows
