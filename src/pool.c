@@ -169,14 +169,37 @@ typedef struct {
     char name[64];
 } worker_start;
 
-/* Attached. The next task, or NULL once shut down and drained. May sleep with the GIL released. */
+enum { DONE_NONE = -1, DONE_COMPLETED = 0, DONE_FAILED = 1, DONE_CANCELLED = 2, DONE_HELPER = 3 };
+
+/* Under lock: account for the task this worker just finished (one of DONE_*). */
+static void
+count_done(gf_poolcore *p, int done)
+{
+    if (done == DONE_NONE) {
+        return;
+    }
+    p->running--;
+    if (done == DONE_COMPLETED) {
+        p->completed++;
+    }
+    else if (done == DONE_FAILED) {
+        p->failed++;
+    }
+    else if (done == DONE_CANCELLED) {
+        p->cancelled++;
+    }
+}
+
+/* Attached. Accounts for the task just finished (`done`), then returns the next task, or NULL once shut
+ * down and drained: one lock acquisition per task. May sleep with the GIL released. */
 static gf_task *
-next_task(gf_poolcore *p)
+next_task(gf_poolcore *p, int done)
 {
     gf_wakelist wl;
     gf_wakelist_init(&wl);
     gf_task *t = NULL;
     pthread_mutex_lock(&p->lock);
+    count_done(p, done);
     while (p->head == NULL && !p->shutdown) {
         /* `signalled` counts idle workers a wake-up is on its way to: each wake-up consumes one, even when
          * another worker took the task first and this one waits again (else that wake-up would be counted
@@ -218,8 +241,8 @@ next_task(gf_poolcore *p)
     return t;
 }
 
-/* Attached. Run one task and complete its future. */
-static void
+/* Attached. Run one task and complete its future; returns how it ended (DONE_*), for next_task to count. */
+static int
 run_task(gf_poolcore *p, gf_task *t)
 {
     if (t->job != NULL) { /* a parallel_for helper: kernels run with no thread state attached */
@@ -228,12 +251,7 @@ run_task(gf_poolcore *p, gf_task *t)
         gf_job_work(j, -1);
         Py_END_ALLOW_THREADS
         task_free(t);
-        if (!poolcore_forked(p)) {
-            pthread_mutex_lock(&p->lock);
-            p->running--;
-            pthread_mutex_unlock(&p->lock);
-        }
-        return;
+        return DONE_HELPER;
     }
     int outcome; /* 0 completed, 1 failed, 2 cancelled */
     int r = gf_future_set_running_or_notify_cancel(t->fut);
@@ -266,21 +284,7 @@ run_task(gf_poolcore *p, gf_task *t)
         outcome = 2;
     }
     task_free(t);
-    if (poolcore_forked(p)) {
-        return; /* a task forked and this is the child: the lock may be held by a thread that is gone */
-    }
-    pthread_mutex_lock(&p->lock);
-    p->running--;
-    if (outcome == 0) {
-        p->completed++;
-    }
-    else if (outcome == 1) {
-        p->failed++;
-    }
-    else {
-        p->cancelled++;
-    }
-    pthread_mutex_unlock(&p->lock);
+    return outcome;
 }
 
 static void
@@ -354,8 +358,9 @@ worker_main(void *arg)
         worker_broken(ws);
     }
     gf_task *t;
-    while (ok && (t = next_task(p)) != NULL) {
-        run_task(p, t);
+    int done = DONE_NONE;
+    while (ok && (t = next_task(p, done)) != NULL) {
+        done = run_task(p, t);
         if (poolcore_forked(p)) {
             /* The task called os.fork() and returned in the child: this thread is the child's only one,
              * and its copy of the pool must run nothing (its queue is the parent's; its lock may be a
@@ -925,7 +930,12 @@ pool_run_inline(PyObject *op, PyObject *fut)
     if (t == NULL) {
         Py_RETURN_FALSE;
     }
-    run_task(p, t);
+    int done = run_task(p, t);
+    if (!poolcore_forked(p)) { /* (a task that forked: in the child the lock may be a dead thread's) */
+        pthread_mutex_lock(&p->lock);
+        count_done(p, done);
+        pthread_mutex_unlock(&p->lock);
+    }
     Py_RETURN_TRUE;
 }
 

@@ -19,6 +19,9 @@ from . import _core
 from ._channel import Channel
 from ._future import Future
 
+_INLINE_MAX_S = 0.0005  # map: an inline run longer than this (a tenth of the GIL's switch interval) stops them
+_INLINE_RETRY = 64      # ... for this many items, then it measures again
+
 T = TypeVar("T")
 
 __all__ = ["ThreadPool"]
@@ -197,15 +200,29 @@ class ThreadPool(_core.Pool, cf.Executor):
         cancel_hook = _on_context_end(ctx, pending)
 
         run_inline = self._run_inline
+        # Running a task inline saves two GIL hand-offs per item, which is most of the cost of a tiny task.
+        # But on a GIL build the consuming thread then competes for the GIL like one more worker, which
+        # makes every other Python thread wait longer for it (the convoy). So it runs inline only while the
+        # tasks are short: once one inline run takes longer than _INLINE_MAX_S it stops, and tries again
+        # after _INLINE_RETRY items. Without the GIL there is no convoy: it always may.
+        from ._parallel import gil_enabled
+
+        free_threaded = not gil_enabled()
+        inline_skip = 0
 
         def results() -> Iterator[Any]:
-            nonlocal more
+            nonlocal more, inline_skip
             box: list[Any] = []  # hands each value to `yield` without a local keeping it alive meanwhile
             try:
                 while pending:
                     f = pending.popleft()
-                    if end_time is None and not f.done():
+                    if inline_skip:
+                        inline_skip -= 1
+                    elif end_time is None and not f.done():
+                        t0 = time.perf_counter()
                         run_inline(f)  # not started yet: run it here rather than wait for a worker
+                        if not free_threaded and time.perf_counter() - t0 > _INLINE_MAX_S:
+                            inline_skip = _INLINE_RETRY
                     try:
                         box.append(f.result(None if end_time is None else max(0.0, end_time - time.monotonic())))
                     except BaseException as e:
