@@ -68,13 +68,19 @@ int gf_channel_case_kind(gf_state *st, PyObject *bound, ChannelObject **ch);
 /* ---- the engine (select.c) ---------------------------------------------------------------------- */
 
 typedef struct gf_case {
-    ChannelObject *ch;  /* NULL: a case that is never ready (Go's nil channel) */
+    ChannelObject *ch;  /* NULL: a case that is never ready (Go's nil channel), or an fd case */
     PyObject *value;    /* send case: an owned reference, consumed by the engine; NULL for recv */
     int is_send;
+    int fd;             /* fd case (netpoll.c): the descriptor polled; -1 otherwise */
+    short events;       /* fd case: POLLIN or POLLOUT */
+    PyObject *fileobj;  /* fd case: what select returns as its value (borrowed) */
 } gf_case;
 
+/* If `arg` is a readable()/writable() case, fill c's fd fields and return 1; else 0. */
+int gf_fdcase_fill(gf_state *st, PyObject *arg, gf_case *c);
+
 typedef struct gf_outcome {
-    int index;          /* the case that proceeded */
+    int index;          /* the case that proceeded (an fd case: value is NULL, the caller returns its object) */
     int closed;         /* it proceeded because its channel is closed (send: nothing was sent) */
     PyObject *value;    /* recv case: the received value (new reference); else NULL */
 } gf_outcome;

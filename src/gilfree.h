@@ -39,6 +39,7 @@ typedef struct gf_state {
     PyTypeObject *future_type;    /* gilfree._core.Future, the C base of gilfree.Future */
     PyTypeObject *future_class;   /* gilfree.Future (set by _configure_futures), what pools create */
     PyTypeObject *pool_type;      /* gilfree._core.Pool, the C base of gilfree.ThreadPool */
+    PyTypeObject *fdcase_type;    /* gilfree._core.FdCase: readable(f) / writable(f) select cases */
     PyObject *InvalidStateError;  /* concurrent.futures.InvalidStateError */
     PyObject *CancelledError;     /* concurrent.futures.CancelledError */
     PyObject *BrokenThreadPool;   /* concurrent.futures.thread.BrokenThreadPool */
@@ -99,6 +100,7 @@ int gf_asyncop_setup(PyObject *module, gf_state *st);
 int gf_select_setup(PyObject *module, gf_state *st);
 int gf_future_setup(PyObject *module, gf_state *st);
 int gf_pool_setup(PyObject *module, gf_state *st);
+int gf_netpoll_setup(PyObject *module, gf_state *st);
 
 /* Argument parsing for METH_FASTCALL|METH_KEYWORDS methods: fills out[0..nmax) (NULL when absent) from
  * positional and keyword arguments named by `names`. Raises TypeError like CPython's own parsers. */

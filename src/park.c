@@ -138,6 +138,9 @@ sel_reset(gf_sel *s)
     s->wake_next = NULL;
     s->sleeping = 0;
     s->sync_init = 0;
+    s->pfds = NULL;
+    s->npfds = 0;
+    s->wake_fd = -1;
 }
 
 int
@@ -227,6 +230,9 @@ gf_wakelist_run(gf_wakelist *wl)
             if (s->sleeping) {
                 pthread_cond_signal(&s->cv);
             }
+            if (s->wake_fd >= 0) {
+                gf_netpoll_wake(s->wake_fd); /* under mu: the owner takes mu before it returns */
+            }
             pthread_mutex_unlock(&s->mu);
         }
         s = next;
@@ -238,6 +244,9 @@ gf_wakelist_run(gf_wakelist *wl)
 int
 gf_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_interrupt *in)
 {
+    if (s->pfds != NULL) {
+        return gf_netpoll_park(s, d, is_main, in);
+    }
     struct timespec spin_start, now;
     now_monotonic(&spin_start);
     for (unsigned i = 1; !atomic_load_explicit(&s->signaled, memory_order_acquire); i++) {
@@ -306,6 +315,9 @@ gf_interrupt_fire(gf_interrupt *in)
         pthread_mutex_lock(&s->mu);
         if (s->sleeping) {
             pthread_cond_signal(&s->cv);
+        }
+        if (s->wake_fd >= 0) {
+            gf_netpoll_wake(s->wake_fd);
         }
         pthread_mutex_unlock(&s->mu);
     }
@@ -399,6 +411,17 @@ gf_wait_ex(gf_state *st, gf_sel *s, const gf_deadline *d, int keep_exception)
         pr = gf_park(s, d, is_main, in);
         Py_END_ALLOW_THREADS
         if (pr == GF_PARK_OK) {
+            ret = GF_WAIT_FIRED;
+            break;
+        }
+        if (pr == GF_PARK_FD_READY) {
+            if (gf_sel_claim(s)) { /* the owner fires its own operation: no channel case can now */
+                ret = GF_WAIT_FD;
+                break;
+            }
+            Py_BEGIN_ALLOW_THREADS
+            gf_park_until_signaled(s); /* a completer got there first: its case fired */
+            Py_END_ALLOW_THREADS
             ret = GF_WAIT_FIRED;
             break;
         }

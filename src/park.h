@@ -78,6 +78,11 @@ struct gf_sel {
     gf_sel *intr_next;     /* link in a gf_interrupt's parked list (thread owners only) */
     pthread_mutex_t mu;    /* guards sleeping and the signaled handshake; a leaf lock */
     pthread_cond_t cv;     /* on CLOCK_MONOTONIC */
+    /* A select with fd cases (netpoll.c) parks in poll(2) instead of on cv: pfds has npfds fd entries and
+     * one more for wake_fd, the owner thread's eventfd, which a completer writes after signaling. */
+    struct pollfd *pfds;   /* NULL: park on cv */
+    int npfds;
+    int wake_fd;           /* -1 unless pfds */
 };
 
 /* Operations fired while a channel lock was held, woken once it is released. Linked through the gf_sels
@@ -92,7 +97,7 @@ typedef struct gf_deadline {
     struct timespec at;  /* CLOCK_MONOTONIC */
 } gf_deadline;
 
-enum { GF_PARK_OK = 0, GF_PARK_TIMEOUT = 1, GF_PARK_CHECK_SIGNALS = 2 };
+enum { GF_PARK_OK = 0, GF_PARK_TIMEOUT = 1, GF_PARK_CHECK_SIGNALS = 2, GF_PARK_FD_READY = 3 };
 
 /* --- clock ------------------------------------------------------------------------------------------ */
 
@@ -139,8 +144,16 @@ gf_sel_claim(gf_sel *s)
 void gf_sel_fire(gf_sel *s, int index, int closed, PyObject *result, gf_wakelist *wl);
 
 /* Park, detached (GIL released), until fired, the deadline passes, or (main thread only) it is time to
- * check for signals. */
+ * check for signals; with fd cases (s->pfds), also until an fd is ready (GF_PARK_FD_READY). */
 int gf_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_interrupt *in);
+
+/* netpoll.c: the poll(2) park of a select with fd cases, the calling thread's eventfd (-1 with an
+ * exception set on failure), and a wake-up write to one. */
+struct pollfd;
+int gf_netpoll_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_interrupt *in);
+int gf_netpoll_thread_eventfd(void);
+void gf_netpoll_wake(int fd);
+void gf_netpoll_after_fork_child(void);
 /* Wait, detached, for a claim that already happened to be published. Short: the completer is running. */
 void gf_park_until_signaled(gf_sel *s);
 
@@ -151,6 +164,9 @@ void gf_park_until_signaled(gf_sel *s);
  * exception set). If a completer won the race against a signal handler's exception, the outcome is kept
  * (GF_WAIT_FIRED) and the exception is raised again at the interpreter's next check. */
 enum { GF_WAIT_FIRED = 0, GF_WAIT_TIMED_OUT = 1, GF_WAIT_RAISED = 2, GF_WAIT_FIRED_RAISED = 3 };
+/* GF_WAIT_FD: (a select with fd cases) poll reported an fd ready and the owner claimed its own gf_sel:
+ * no channel case fired; the caller picks the fd case from s->pfds. */
+enum { GF_WAIT_FD = 4 };
 int gf_wait(gf_state *st, gf_sel *s, const gf_deadline *d);
 /* gf_wait, but with keep_exception a main-thread wait that fired although a signal handler raised returns
  * GF_WAIT_FIRED_RAISED with the exception still set: the caller either undoes the outcome (a receive puts

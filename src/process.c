@@ -1,6 +1,7 @@
 /* process.c — per-process state: fork generation, pool exit interrupts, blocked signals, PRNG (see
  * process.h). No Python objects; the after-fork hook is the only function that needs a thread state. */
 #include "process.h"
+#include "park.h"
 
 #include <time.h>
 
@@ -64,6 +65,7 @@ gf_async_signal_set(sigset_t *set)
 void
 gf_park_after_fork_child(gf_state *st)
 {
+    gf_netpoll_after_fork_child();
     st->main_ident = PyThread_get_thread_ident();
     if (gf_current_thread_interrupt() != NULL) { /* a pool worker forked: it is the child's only thread */
         sigset_t set;

@@ -13,12 +13,18 @@
  * happened, so its outcome is kept, and the signal handler's exception is raised right after, through a
  * pending call: a value taken is never dropped.
  *
+ * fd cases (readable(f)/writable(f), see netpoll.c) are polled with poll(2) in pass 1 next to the channel
+ * cases, and a select that has them parks in poll(2) on its fds and its thread's eventfd (gf_sel.pfds).
+ *
  * Invariants:
  *   - Send values are owned references that move, never copy: into a channel or a receiver on success, back
  *     to the engine (which releases them) otherwise.
  *   - No lock is held while Python runs: wake-ups and releases happen after unlocking.
  */
 #include "channel.h"
+
+#include <errno.h>
+#include <poll.h>
 
 
 #define GF_SMALL_SELECT 8
@@ -78,6 +84,21 @@ unlock_all(gf_case *cases, const int *order, int m)
 
 /* ---- the engine --------------------------------------------------------------------------------- */
 
+/* poll(2) the fd cases with a zero timeout (it never blocks: no need to release the GIL). -1 with OSError. */
+static int
+poll_fds_now(struct pollfd *pfds, int nfd)
+{
+    int rc;
+    do {
+        rc = poll(pfds, (nfds_t)nfd, 0);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return rc;
+}
+
 int
 gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline *d, gf_outcome *out)
 {
@@ -87,7 +108,12 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     int *poll = pollbuf, *order = orderbuf;
     order_key *keys = keybuf;
     gf_waiter *ws = waitbuf;
-    int ret = -1, sel_ready = 0, nactive = 0;
+    struct pollfd pfdbuf[GF_SMALL_SELECT + 1];
+    int pfdcasebuf[GF_SMALL_SELECT], caseslotbuf[GF_SMALL_SELECT];
+    struct pollfd *pfds = pfdbuf;  /* one per fd case, in case order, plus one for the eventfd */
+    int *pfdcase = pfdcasebuf;     /* pfds[j] belongs to case pfdcase[j] */
+    int *caseslot = caseslotbuf;   /* case i's entry in pfds, or -1 */
+    int ret = -1, sel_ready = 0, nactive = 0, nfd = 0;
     gf_sel sel;
     gf_wakelist wl;
     gf_wakelist_init(&wl);
@@ -100,7 +126,11 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
         order = PyMem_Malloc((size_t)n * sizeof(int));
         ws = PyMem_Malloc((size_t)n * sizeof(gf_waiter));
         keys = PyMem_Malloc((size_t)n * sizeof(order_key));
-        if (poll == NULL || order == NULL || ws == NULL || keys == NULL) {
+        pfds = PyMem_Malloc((size_t)(n + 1) * sizeof(struct pollfd));
+        pfdcase = PyMem_Malloc((size_t)n * sizeof(int));
+        caseslot = PyMem_Malloc((size_t)n * sizeof(int));
+        if (poll == NULL || order == NULL || ws == NULL || keys == NULL || pfds == NULL || pfdcase == NULL ||
+            caseslot == NULL) {
             PyErr_NoMemory();
             goto done;
         }
@@ -108,6 +138,14 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     for (int i = 0; i < n; i++) {
         poll[i] = i;
         nactive += cases[i].ch != NULL;
+        caseslot[i] = -1;
+        if (cases[i].fileobj != NULL) {
+            pfds[nfd].fd = cases[i].fd;
+            pfds[nfd].events = cases[i].events;
+            pfds[nfd].revents = 0;
+            pfdcase[nfd] = i;
+            caseslot[i] = nfd++;
+        }
     }
     for (int i = n - 1; i > 0; i--) { /* Fisher-Yates */
         int j = (int)(gf_random() % (uint64_t)(i + 1));
@@ -121,10 +159,19 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     for (;;) {
         int fired = -1, closed = 0, nomem = 0;
         PyObject *got = NULL;
+        if (nfd > 0 && poll_fds_now(pfds, nfd) < 0) {
+            goto done;
+        }
         lock_all(cases, order, m);
         for (int k = 0; k < n && fired < 0 && !nomem; k++) {
             gf_case *c = &cases[poll[k]];
             int r;
+            if (caseslot[poll[k]] >= 0) {
+                if (pfds[caseslot[poll[k]]].revents) {
+                    fired = poll[k];
+                }
+                continue;
+            }
             if (c->ch == NULL) {
                 continue;
             }
@@ -150,6 +197,10 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
             if (nomem) {
                 PyErr_NoMemory();
             }
+            else if (fired >= 0 && caseslot[fired] >= 0 && (pfds[caseslot[fired]].revents & POLLNVAL)) {
+                errno = EBADF; /* the descriptor is not open */
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
             else if (fired >= 0) {
                 out->index = fired;
                 out->closed = closed;
@@ -172,6 +223,15 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
             goto done;
         }
         sel_ready = 1;
+        if (nfd > 0) {
+            int efd = gf_netpoll_thread_eventfd();
+            if (efd < 0) {
+                goto done;
+            }
+            sel.pfds = pfds;
+            sel.npfds = nfd;
+            sel.wake_fd = efd;
+        }
     }
 
     /* Pass 2: queue a waiter per case (channels still locked), unlock, park. In the random poll order: when
@@ -195,8 +255,9 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     unlock_all(cases, order, m);
 
     int w = gf_wait_ex(st, &sel, d, 1);
-    enum { FIRED, TIMED_OUT, RAISED } outcome = w == GF_WAIT_FIRED || w == GF_WAIT_FIRED_RAISED ? FIRED
-                                              : w == GF_WAIT_TIMED_OUT ? TIMED_OUT : RAISED;
+    enum { FIRED, TIMED_OUT, RAISED, FD } outcome = w == GF_WAIT_FIRED || w == GF_WAIT_FIRED_RAISED ? FIRED
+                                                  : w == GF_WAIT_TIMED_OUT ? TIMED_OUT
+                                                  : w == GF_WAIT_FD ? FD : RAISED;
 
     /* Pass 3: unlink the waiters still queued, and take back the values not sent. */
     if (outcome != FIRED || nactive > 1) {
@@ -237,6 +298,24 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     else if (outcome == TIMED_OUT) {
         PyErr_SetString(PyExc_TimeoutError, "timed out");
     }
+    else if (outcome == FD) {
+        /* Among the fds poll reported ready, one chosen uniformly (reservoir sampling). */
+        int pick = -1, seen = 0;
+        for (int j = 0; j < nfd; j++) {
+            if (pfds[j].revents && gf_random() % (uint64_t)++seen == 0) {
+                pick = j;
+            }
+        }
+        GF_ASSERT(pick >= 0);
+        if (pfds[pick].revents & POLLNVAL) {
+            errno = EBADF; /* closed while we waited (reported at the next 50 ms poll slice) */
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        else {
+            out->index = pfdcase[pick];
+            ret = GF_OK;
+        }
+    }
     /* RAISED: gf_wait left the exception set */
 
 done:
@@ -251,6 +330,9 @@ done:
         PyMem_Free(order);
         PyMem_Free(ws);
         PyMem_Free(keys);
+        PyMem_Free(pfds);
+        PyMem_Free(pfdcase);
+        PyMem_Free(caseslot);
     }
     return ret;
 }
@@ -294,6 +376,9 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         cases[i].ch = NULL;
         cases[i].value = NULL;
         cases[i].is_send = 0;
+        cases[i].fd = -1;
+        cases[i].events = 0;
+        cases[i].fileobj = NULL;
     }
     for (int i = 0; i < n; i++) {
         PyObject *arg = args[i];
@@ -313,6 +398,9 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
             cases[i].ch = ch;
             continue;
         }
+        if (gf_fdcase_fill(st, arg, &cases[i])) {
+            continue;
+        }
         if (PyTuple_Check(arg) && PyTuple_GET_SIZE(arg) == 2 &&
             gf_channel_case_kind(st, PyTuple_GET_ITEM(arg, 0), &ch) == 2) {
             cases[i].ch = ch;
@@ -322,7 +410,7 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         }
         PyErr_Format(PyExc_TypeError,
                      "select() case %d must be a channel's bound recv, a (channel.send, value) pair, "
-                     "gilfree.default or None, not %.100R",
+                     "gilfree.readable(f), gilfree.writable(f), gilfree.default or None, not %.100R",
                      i, arg);
         goto done;
     }
@@ -342,6 +430,9 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (o.closed) {
         o.value = Py_NewRef(st->CLOSED);
     }
+    if (cases[o.index].fileobj != NULL) {
+        o.value = Py_NewRef(cases[o.index].fileobj);
+    }
     result = Py_BuildValue("(iN)", o.index, o.value ? o.value : Py_NewRef(Py_None));
 
 done:
@@ -358,8 +449,9 @@ static PyMethodDef select_methods[] = {
     {"select", (PyCFunction)(void (*)(void))select_impl, METH_FASTCALL | METH_KEYWORDS,
      "select(*cases, timeout=None)\n--\n\n"
      "Wait until one case can proceed, perform exactly that one, and return (index, value).\n\n"
-     "A case is a channel's bound recv, a (channel.send, value) pair, gilfree.default (makes the call\n"
-     "non-blocking: its index is returned when nothing is ready) or None (never ready). A recv case on a\n"
+     "A case is a channel's bound recv, a (channel.send, value) pair, gilfree.readable(f) or\n"
+     "gilfree.writable(f) (ready when the file descriptor is; the value is f), gilfree.default (makes the\n"
+     "call non-blocking: its index is returned when nothing is ready) or None (never ready). A recv case on a\n"
      "closed, drained channel yields gilfree.CLOSED; a send case on a closed channel raises ChannelClosed.\n"
      "Among several ready cases one is chosen uniformly at random. TimeoutError when timeout passes.\n"
      "No case at all and no timeout: ValueError (it would block for ever)."},

@@ -10,6 +10,7 @@ from ._channel import Channel
 from ._context import Cancelled, Context, DeadlineExceeded
 from ._core import CLOSED, ChannelClosed, WouldBlock, default, select
 from ._future import Future, as_completed, first, gather, wait
+from ._netpoll import readable, wait_readable, wait_writable, writable
 from ._parallel import KernelError, gil_enabled, parallel_for
 from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
@@ -44,11 +45,15 @@ __all__ = [
     "merge",
     "first",
     "parallel_for",
+    "readable",
     "gather",
     "gil_enabled",
     "select",
     "tick",
     "wait",
+    "wait_readable",
+    "wait_writable",
+    "writable",
 ]
 
 del _core

@@ -1,7 +1,7 @@
 """Type stubs for gilfree._core, the C core."""
 
 from types import TracebackType
-from typing import Any, Callable, Final, Generic, Iterable, Iterator, TypeVar, final
+from typing import Any, Callable, Final, Generic, Iterable, Iterator, Protocol, TypeVar, final
 
 from typing import Self
 
@@ -54,7 +54,24 @@ class Channel(Generic[_T]):
     def _async_recv(self, notify: Callable[[], object], /) -> _AsyncOp: ...
     def _waiters(self) -> tuple[int, int]: ...
 
-Case = Callable[..., Any] | tuple[Callable[..., Any], Any] | _Sentinel | None
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+FileLike = int | _HasFileno
+
+@final
+class FdCase:
+    """A select case ready when a file descriptor is readable or writable (see readable(), writable())."""
+
+    @property
+    def fileobj(self) -> FileLike: ...
+    @property
+    def fd(self) -> int: ...
+
+def readable(f: FileLike, /) -> FdCase: ...
+def writable(f: FileLike, /) -> FdCase: ...
+
+Case = Callable[..., Any] | tuple[Callable[..., Any], Any] | FdCase | _Sentinel | None
 
 def select(*cases: Case, timeout: float | None = None) -> tuple[int, Any]: ...
 
