@@ -3,6 +3,8 @@
 
     python3 dev.py bench                      set up, then run the main job: python -m gilfree.bench
     python3 dev.py bench --components         the per-feature benchmarks of benchmarks/
+    python3 dev.py bench --compare PY         the main job, with PY's columns merged in (built for PY too)
+    python3 dev.py bench --free-threaded      the same with the free-threaded CPython of ../shared/tools
     python3 dev.py test                       set up, build with -Werror, run every test
     python3 dev.py test --sanitize address    the same under ASan+UBSan
     python3 dev.py test --sanitize thread     the same under TSan
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parent
 TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "cffi>=1.15", "numpy", "matplotlib",
                      "jsonschema", "nbclient", "nbformat", "ipykernel", "setuptools>=77", "dask[distributed]",
                      "sphinx>=7", "build", "twine", "auditwheel"]
-BENCH_REQUIREMENTS = ["setuptools>=77", "matplotlib"]
+BENCH_REQUIREMENTS = ["setuptools>=77", "matplotlib", "uvloop"]
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> None:
@@ -187,6 +189,18 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     vpython = venv(python, itag, BENCH_REQUIREMENTS)
     lib = build(vpython, tag, None)
     env = test_env(lib, None)
+    others = list(args.compare or [])
+    if args.free_threaded:
+        others.append(free_threaded_python())
+    for other in others:
+        # Build gilfree for the other interpreter too; its extension (named for its ABI, e.g.
+        # _core.cpython-313t-x86_64-linux-gnu.so) goes beside this one, so one PYTHONPATH serves both.
+        otag = interpreter_tag(other)
+        ovpython = venv(other, otag, FT_REQUIREMENTS if "t-" in otag else BENCH_REQUIREMENTS)
+        olib = build(ovpython, otag + "-bench", None)
+        for so in (olib / "gilfree").glob("_core.*.so"):
+            shutil.copy2(so, lib / "gilfree" / so.name)
+        extra = ["--python", ovpython, *extra]
     os.makedirs(ROOT / "bench-results", exist_ok=True)
     if args.components:  # the per-feature benchmarks of benchmarks/
         status = 0
@@ -222,6 +236,10 @@ def main() -> int:
                    help="run under the free-threaded CPython built from ../shared/tools, with PYTHON_GIL=0")
     b = sub.add_parser("bench", help="build and run the benchmark (the main job)")
     b.add_argument("--python", help="interpreter to benchmark with (default: this one)")
+    b.add_argument("--compare", action="append", metavar="PY",
+                   help="also run under this interpreter (repeatable): builds gilfree for it, merges its columns")
+    b.add_argument("--free-threaded", action="store_true",
+                   help="also run under the free-threaded CPython of ../shared/tools (GIL off)")
     b.add_argument("--components", action="store_true",
                    help="run the per-feature benchmarks (channel, pool, native) instead of gilfree.bench")
     d = sub.add_parser("docs", help="build the documentation into build/docs (warnings are errors)")

@@ -84,14 +84,39 @@ unlock_all(gf_case *cases, const int *order, int m)
 
 /* ---- the engine --------------------------------------------------------------------------------- */
 
-/* poll(2) the fd cases with a zero timeout (it never blocks: no need to release the GIL). -1 with OSError. */
+/* A uniform integer in [0, bound) from a PRNG local to one engine run (splitmix64, seeded with one draw of
+ * the process's gf_random): the shuffle of n cases then costs no atomic operation and no division per case
+ * (Lemire's multiply-shift; its bias is below 2**-32 for the bounds used here). */
+static inline uint32_t
+local_below(uint64_t *state, uint32_t bound)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (uint32_t)(((z >> 32) * (uint64_t)bound) >> 32);
+}
+
+/* poll(2) the fd cases with a zero timeout. It never blocks, but with many fds the kernel's walk over them
+ * takes microseconds (about 40 ns per socket): from GF_POLL_DETACH_FDS fds on, other threads run Python
+ * meanwhile. -1 with OSError. */
+#define GF_POLL_DETACH_FDS 64
 static int
 poll_fds_now(struct pollfd *pfds, int nfd)
 {
     int rc;
-    do {
-        rc = poll(pfds, (nfds_t)nfd, 0);
-    } while (rc < 0 && errno == EINTR);
+    if (nfd >= GF_POLL_DETACH_FDS) {
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            rc = poll(pfds, (nfds_t)nfd, 0);
+        } while (rc < 0 && errno == EINTR);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        do {
+            rc = poll(pfds, (nfds_t)nfd, 0);
+        } while (rc < 0 && errno == EINTR);
+    }
     if (rc < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
@@ -147,8 +172,9 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
             caseslot[i] = nfd++;
         }
     }
+    uint64_t rng = gf_random();
     for (int i = n - 1; i > 0; i--) { /* Fisher-Yates */
-        int j = (int)(gf_random() % (uint64_t)(i + 1));
+        int j = (int)local_below(&rng, (uint32_t)(i + 1));
         int t = poll[i];
         poll[i] = poll[j];
         poll[j] = t;
@@ -159,8 +185,8 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
     for (;;) {
         int fired = -1, closed = 0, nomem = 0;
         PyObject *got = NULL;
-        if (nfd > 0 && poll_fds_now(pfds, nfd) < 0) {
-            goto done;
+        if (nfd > 0 && !sel_ready && poll_fds_now(pfds, nfd) < 0) {
+            goto done; /* (not again on the repeat: the park's poll sees what became ready since) */
         }
         lock_all(cases, order, m);
         for (int k = 0; k < n && fired < 0 && !nomem; k++) {
@@ -302,7 +328,7 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
         /* Among the fds poll reported ready, one chosen uniformly (reservoir sampling). */
         int pick = -1, seen = 0;
         for (int j = 0; j < nfd; j++) {
-            if (pfds[j].revents && gf_random() % (uint64_t)++seen == 0) {
+            if (pfds[j].revents && local_below(&rng, (uint32_t)++seen) == 0) {
                 pick = j;
             }
         }

@@ -50,6 +50,10 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert {r["name"] for r in report["messages"]} == {"gilfree.Channel(1024)", "queue.Queue(1024)",
                                                        "multiprocessing.Queue(1024)"}
     assert {r["executor"] for r in report["dispatch"]} == set(bench.EXECUTORS)
+    servers = {r["server"] for r in report["io_sockets"]}
+    assert {"gilfree", "asyncio", "threading"} <= servers
+    assert all(r["rps"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in report["io_sockets"])
+    assert "io_sockets" in out.stdout
     with (tmp_path / "r.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(cells)

@@ -25,7 +25,8 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("build", reason="build comes with the test extra")
+    # ("build" alone would find the checkout's build/ directory as a namespace package)
+    pytest.importorskip("build.__main__", reason="build comes with the test extra")
     out = tmp_path_factory.mktemp("dist")
     run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(out), str(ROOT)], ROOT)
     (sdist,) = out.glob("gilfree-*.tar.gz")

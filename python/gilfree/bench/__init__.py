@@ -110,7 +110,8 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
     report.machine["plan"] = the_plan.as_dict()
     with tempfile.TemporaryDirectory(prefix="gilfree-bench-") as data_dir:
         scen = _scenarios.build(the_plan, data_dir)
-        total = len(main_scens) * (1 + 4 * len(ws)) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
+        total = (len(main_scens) * (1 + 4 * len(ws)) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
+                 + ("io_sockets" in chosen))
         done = 0
         noisy: list[str] = []
         executors = _executors.make(ws)
@@ -153,6 +154,10 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
             if "messages" in chosen:
                 _progress(done, total, "messages", progress)
                 report.messages = _scenarios.messages(sz, reps)
+                done += 1
+            if "io_sockets" in chosen:
+                _progress(done, total, "io_sockets", progress)
+                report.io_sockets = _scenarios.io_sockets(sz)
                 done += 1
             _progress(total, total, "done", progress)
         finally:

@@ -59,6 +59,7 @@ class Report:
     messages: list[dict[str, Any]] = field(default_factory=list)
     dispatch: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    io_sockets: list[dict[str, Any]] = field(default_factory=list)
     others: list[Report] = field(default_factory=list)  # the same run under other interpreters (--python)
 
     def interpreters(self) -> list[str]:
@@ -70,16 +71,18 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "gilfree.bench/2", "machine": self.machine, "cells": [asdict(c) for c in self.all_cells()],
-                "messages": self.messages, "dispatch": self.dispatch, "warnings": self.warnings,
+                "messages": self.messages, "dispatch": self.dispatch, "io_sockets": self.io_sockets,
+                "warnings": self.warnings,
                 "interpreters": [{"label": interpreter_label(r.machine), "machine": r.machine,
-                                  "messages": r.messages, "dispatch": r.dispatch, "warnings": r.warnings}
+                                  "messages": r.messages, "dispatch": r.dispatch, "io_sockets": r.io_sockets,
+                                  "warnings": r.warnings}
                                  for r in (self, *self.others)]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
         label = interpreter_label(d["machine"])
         cells = [Cell(**c) for c in d["cells"] if c.get("interpreter", label) == label]
-        return cls(d["machine"], cells, d["messages"], d["dispatch"], d["warnings"])
+        return cls(d["machine"], cells, d["messages"], d["dispatch"], d["warnings"], d.get("io_sockets", []))
 
     def to_json(self, path: str | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -143,6 +146,17 @@ class Report:
                 for row in r.dispatch:
                     out.write(f"  {LABELS[row['executor']]:30} {row['workers']:2d} {row['median_us']:9.2f} "
                               f"({row['min_us']:.2f}–{row['max_us']:.2f})\n")
+            if r.io_sockets:
+                out.write(f"\nio_sockets{suffix}: TCP echo on loopback, closed loop, small messages (one run "
+                          f"each; benchmarks/bench_io.py for more)\n")
+                out.write(f"  {'server':30} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+                          f"{'RSS MiB':>8}\n")
+                names = {"gilfree": "gilfree select (threads <= 4)", "asyncio": "asyncio", "uvloop": "asyncio + uvloop",
+                         "threading": "thread per connection"}
+                for row in r.io_sockets:
+                    out.write(f"  {names[row['server']]:30} {row['connections']:5d} {row['rps']:9.0f} "
+                              f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['cpu_us_per_req']:10.1f} "
+                              f"{row['rss_mib']:8.1f}\n")
         for r in (self, *self.others):
             for w in r.warnings:
                 out.write(f"\nwarning: {w}\n")
@@ -176,7 +190,7 @@ def _display_inline_in_ipython(figure_type: type) -> None:
 JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "required": ["schema", "machine", "cells", "messages", "dispatch", "warnings", "interpreters"],
+    "required": ["schema", "machine", "cells", "messages", "dispatch", "io_sockets", "warnings", "interpreters"],
     "properties": {
         "schema": {"const": "gilfree.bench/2"},
         "machine": {
@@ -196,6 +210,8 @@ JSON_SCHEMA: dict[str, Any] = {
                            "interpreter": {"type": "string", "minLength": 1}}}},
         "messages": {"type": "array"},
         "dispatch": {"type": "array"},
+        "io_sockets": {"type": "array", "items": {
+            "type": "object", "required": ["server", "connections", "rps", "p50_ms", "p99_ms"]}},
         "warnings": {"type": "array", "items": {"type": "string"}},
         "interpreters": {"type": "array", "minItems": 1, "items": {
             "type": "object", "required": ["label", "machine"]}},

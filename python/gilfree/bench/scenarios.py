@@ -21,7 +21,7 @@ from .. import kernels, reference
 from .._pool import ThreadPool
 
 SCENARIOS = ["cpu_python", "cpu_native", "io_sleep", "io_files", "mixed"]
-EXTRA = ["messages", "dispatch"]  # measured per message / per task, not per executor column
+EXTRA = ["messages", "dispatch", "io_sockets"]  # measured per message / task / request, not per executor
 TASKS_PER_WORKER = 8
 MIN_TASKS = 32
 
@@ -76,14 +76,16 @@ class Sizes:
     py_primes: int = 0
     native_primes: int = 0
     min_tasks: int = MIN_TASKS
+    io_connections: tuple[int, ...] = (100,)
+    io_duration_s: float = 0.5
 
 
 QUICK = Sizes(cpu_python_s=0.2, cpu_native_s=0.3, sleep_s=0.002, file_kib=256, messages=20_000, dispatch=2_000,
               repeat=5)
 FULL = Sizes(cpu_python_s=1.0, cpu_native_s=1.5, sleep_s=0.004, file_kib=2048, messages=200_000,
-             dispatch=20_000, repeat=9)
+             dispatch=20_000, repeat=9, io_connections=(100, 1000), io_duration_s=2.0)
 TINY = Sizes(cpu_python_s=0, cpu_native_s=0, sleep_s=0.001, file_kib=8, messages=500, dispatch=100, repeat=2,
-             py_primes=3_000, native_primes=60_000, min_tasks=4)  # smoke tests and the notebook's test run
+             py_primes=3_000, native_primes=60_000, min_tasks=4, io_connections=(10,), io_duration_s=0.1)  # smoke tests and the notebook's test run
 
 
 def _calibrate(count: Callable[[int, int], int], target_s: float, start: int) -> int:
@@ -237,4 +239,29 @@ def messages(sz: Sizes, repeat: int) -> list[dict[str, Any]]:
                      ("multiprocessing.Queue(1024)", mpq)):
         ts = sorted(fn() / n * 1e9 for _ in range(repeat))
         rows.append({"name": name, "median_ns": statistics.median(ts), "min_ns": ts[0], "max_ns": ts[-1]})
+    return rows
+
+
+# ---- io_sockets: event-driven I/O, a short version of benchmarks/bench_io.py ------------------------------
+
+
+def io_sockets(sz: Sizes) -> list[dict[str, Any]]:
+    """Requests/s and latency of a TCP echo workload (closed loop, small messages, loopback) against
+    gilfree's select-based server, asyncio (and uvloop where installed) and a thread per connection."""
+    import resource
+
+    from . import echo
+
+    need = max(sz.io_connections) * 2 + 100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need and (hard == resource.RLIM_INFINITY or hard >= need):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    rows = []
+    for conns in sz.io_connections:
+        for kind in echo.SERVERS:
+            if not echo.available(kind):
+                continue
+            r = echo.run_one(kind, conns, sz.io_duration_s, min(0.5, sz.io_duration_s), 10_000_000,
+                             workers=min(4, len(os.sched_getaffinity(0))))
+            rows.append({"server": kind, "connections": conns, **r})
     return rows
