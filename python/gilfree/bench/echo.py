@@ -156,8 +156,7 @@ def serve(kind: str, workers: int) -> None:
         import asyncio
 
         if kind == "uvloop":
-            import uvloop
-
+            uvloop: Any = importlib.import_module("uvloop")  # optional: the bench extra installs it
             uvloop.install()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
