@@ -10,6 +10,18 @@
  * After libuv's threadpool: a sleeping worker is signalled only when one is idle; shutdown sets a flag
  * every worker sees once the queue is drained; the state after fork() is never trusted.
  *
+ * Fairness to other Python threads (the GIL convoy). With the GIL, a thread that wants it back waits for
+ * the holder to drop it, which a running thread does when asked after the 5 ms switch interval; each extra
+ * thread contending for the GIL makes everyone else wait longer. Measured (benchmarks' convoy probe, a
+ * thread sleeping 1 ms again and again): workers that take the next task while still holding the GIL wait
+ * no longer than ThreadPoolExecutor's, whose workers do the same (SimpleQueue.get returns without
+ * releasing the GIL when a task is there): submit-and-wait shows the same probe p50 for both. What made the
+ * probe wait longer was ThreadPool.map's consumer running not-yet-started tasks itself (to save two
+ * hand-offs per tiny task): on pure-Python tasks it became one more GIL contender. map now runs a task
+ * inline only while inline runs stay short (under 0.5 ms, a tenth of the switch interval; see _pool.py),
+ * and always when the GIL is off. A finished task is counted in the same lock acquisition that takes the
+ * next one (one lock round per task, for the free-threaded build where workers really run at once).
+ *
  * Lifetime: the queue and counters live in a gf_poolcore on the C heap, shared (refs) by the Pool object
  * and each worker, and freed by the last: a worker that has detached for good may still touch it.
  *
