@@ -101,6 +101,7 @@ int gf_select_setup(PyObject *module, gf_state *st);
 int gf_future_setup(PyObject *module, gf_state *st);
 int gf_pool_setup(PyObject *module, gf_state *st);
 int gf_netpoll_setup(PyObject *module, gf_state *st);
+int gf_procchan_setup(PyObject *module, gf_state *st);
 
 /* Argument parsing for METH_FASTCALL|METH_KEYWORDS methods: fills out[0..nmax) (NULL when absent) from
  * positional and keyword arguments named by `names`. Raises TypeError like CPython's own parsers. */

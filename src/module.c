@@ -169,7 +169,7 @@ core_exec(PyObject *module)
         return -1;
     }
     if (gf_channel_setup(module, st) < 0 || gf_asyncop_setup(module, st) < 0 || gf_select_setup(module, st) < 0 ||
-        gf_netpoll_setup(module, st) < 0 ||
+        gf_netpoll_setup(module, st) < 0 || gf_procchan_setup(module, st) < 0 ||
         gf_future_setup(module, st) < 0 || gf_pool_setup(module, st) < 0 ||
         gf_parallel_setup(module, st) < 0 || gf_kernels_setup(module, st) < 0) {
         return -1;

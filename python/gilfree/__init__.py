@@ -11,6 +11,7 @@ from ._context import Cancelled, Context, DeadlineExceeded
 from ._core import CLOSED, ChannelClosed, WouldBlock, default, select
 from ._future import Future, as_completed, first, gather, wait
 from ._netpoll import readable, wait_readable, wait_writable, writable
+from ._process import ProcessChannel
 from ._parallel import KernelError, gil_enabled, parallel_for
 from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
@@ -33,6 +34,7 @@ __all__ = [
     "Future",
     "KernelError",
     "Pipeline",
+    "ProcessChannel",
     "Supervisor",
     "ThreadPool",
     "Ticker",

@@ -1,0 +1,248 @@
+"""gilfree.ProcessChannel against the standard library's process queues, in one run.
+
+Scenarios (processes started with fork; medians of --repeat runs with min-max):
+  small        one producer and one consumer process, N messages (an int; a 100-byte bytes): messages/s
+  small 4x4    four producers and four consumers, the same
+  1 MiB        one producer and one consumer, 1 MiB bytes messages: GB/s, against memcpy in this process
+  ping-pong    a round trip between two processes: us
+Baselines: multiprocessing.Queue, multiprocessing.SimpleQueue, multiprocessing.Pipe, and faster-fifo where it
+installs (pip install faster-fifo).
+
+    python benchmarks/bench_process.py [--messages 200000] [--repeat 5] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import gilfree
+
+CTX = mp.get_context("fork")
+STOP = None
+
+
+# ---- transports: (make, put, get, close) over a common shape ------------------------------------------
+
+
+class Transport:
+    name = ""
+
+    def __init__(self, capacity: int) -> None:
+        raise NotImplementedError
+
+    def put(self, v: Any) -> None:
+        raise NotImplementedError
+
+    def get(self) -> Any:
+        raise NotImplementedError
+
+    def done(self) -> None:
+        pass
+
+
+class GF(Transport):
+    name = "gilfree.ProcessChannel"
+
+    def __init__(self, capacity: int, buffer_size: int = (1 << 20) + 4096) -> None:
+        self.ch: gilfree.ProcessChannel[Any] = gilfree.ProcessChannel(capacity, buffer_size=buffer_size)
+        self.put = self.ch.send  # type: ignore[method-assign]
+        self.get = self.ch.recv  # type: ignore[method-assign]
+
+    def done(self) -> None:
+        self.ch.release()
+
+
+class GFBytes(GF):
+    name = "gilfree.ProcessChannel bytes"
+
+    def __init__(self, capacity: int, buffer_size: int = (1 << 20) + 4096) -> None:
+        super().__init__(capacity, buffer_size)
+        self.put = self.ch.send_bytes  # type: ignore[method-assign]
+        self.get = self.ch.recv_bytes  # type: ignore[method-assign]
+
+
+class MPQueue(Transport):
+    name = "multiprocessing.Queue"
+
+    def __init__(self, capacity: int) -> None:
+        self.q: Any = CTX.Queue(capacity)
+        self.put = self.q.put  # type: ignore[method-assign]
+        self.get = self.q.get  # type: ignore[method-assign]
+
+
+class MPSimpleQueue(Transport):
+    name = "multiprocessing.SimpleQueue"
+
+    def __init__(self, capacity: int) -> None:
+        self.q: Any = CTX.SimpleQueue()
+        self.put = self.q.put  # type: ignore[method-assign]
+        self.get = self.q.get  # type: ignore[method-assign]
+
+
+class FasterFifo(Transport):
+    name = "faster_fifo.Queue"
+
+    def __init__(self, capacity: int) -> None:
+        import faster_fifo
+
+        self.q: Any = faster_fifo.Queue(max_size_bytes=8 << 20)
+        self.put = self.q.put  # type: ignore[method-assign]
+        self.get = self.q.get  # type: ignore[method-assign]
+
+
+def transports() -> list[type[Transport]]:
+    out: list[type[Transport]] = [GF, MPQueue, MPSimpleQueue]
+    try:
+        import faster_fifo  # noqa: F401
+
+        out.append(FasterFifo)
+    except ImportError:
+        pass
+    return out
+
+
+def _producer(t: Transport, n: int, value: Any) -> None:
+    for _ in range(n):
+        t.put(value)
+
+
+def _consumer(t: Transport, n: int, ready: Any) -> None:
+    ready.set()
+    for _ in range(n):
+        t.get()
+
+
+def stream(cls: type[Transport], n: int, value: Any, pairs: int, capacity: int = 1024) -> float:
+    """Seconds for `pairs` producers to move n messages each to `pairs` consumers (n each)."""
+    t = cls(capacity)
+    ready = [CTX.Event() for _ in range(pairs)]
+    cons = [CTX.Process(target=_consumer, args=(t, n, ready[i])) for i in range(pairs)]
+    for c in cons:
+        c.start()
+    for r in ready:
+        r.wait()
+    prods = [CTX.Process(target=_producer, args=(t, n, value)) for _ in range(pairs)]
+    t0 = time.perf_counter()
+    for p in prods:
+        p.start()
+    for p in prods + cons:
+        p.join()
+    dt = time.perf_counter() - t0
+    t.done()
+    return dt
+
+
+def _pong(a: Any, b: Any, n: int) -> None:
+    for _ in range(n):
+        b(a())
+
+
+def ping_pong_gf(n: int) -> float:
+    x: gilfree.ProcessChannel[int] = gilfree.ProcessChannel(1)
+    y: gilfree.ProcessChannel[int] = gilfree.ProcessChannel(1)
+    p = CTX.Process(target=_pong, args=(x.recv, y.send, n))
+    p.start()
+    x.send(0)
+    y.recv()
+    t0 = time.perf_counter()
+    for i in range(n - 1):
+        x.send(i)
+        y.recv()
+    dt = time.perf_counter() - t0
+    p.join()
+    x.release()
+    y.release()
+    return dt / (n - 1)
+
+
+def ping_pong_pipe(n: int) -> float:
+    a, b = CTX.Pipe()
+    p = CTX.Process(target=_pong, args=(b.recv, b.send, n))
+    p.start()
+    a.send(0)
+    a.recv()
+    t0 = time.perf_counter()
+    for i in range(n - 1):
+        a.send(i)
+        a.recv()
+    dt = time.perf_counter() - t0
+    p.join()
+    return dt / (n - 1)
+
+
+def memcpy_gbps(size: int = 1 << 20, rounds: int = 200) -> float:
+    src = bytearray(os.urandom(size))
+    dst = bytearray(size)
+    view = memoryview(dst)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        view[:] = src
+    return size * rounds / (time.perf_counter() - t0) / 1e9
+
+
+def med(fn: Callable[[], float], repeat: int) -> dict[str, float]:
+    xs = sorted(fn() for _ in range(repeat))
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--big", type=int, default=1000, help="1 MiB messages per run")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    n, reps = args.messages, args.repeat
+    res: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0], "rows": []}
+    print(f"{res['cpus']} CPUs, Python {res['python']}, fork; medians of {reps} (min-max)")
+
+    def row(scenario: str, name: str, stat: dict[str, float], unit: str) -> None:
+        res["rows"].append({"scenario": scenario, "transport": name, "unit": unit, **stat})
+        print(f"  {name:32} {stat['median']:12,.0f} ({stat['min']:,.0f}-{stat['max']:,.0f}) {unit}", flush=True)
+
+    for label, value in (("an int", 12345), ("100-byte bytes", b"x" * 100)):
+        for pairs in (1, 4):
+            print(f"\nsmall messages ({label}), {pairs} producer(s) x {pairs} consumer(s): messages/s")
+            for cls in transports():
+                m = n if pairs == 1 else n // 4
+                row(f"small {label} {pairs}x{pairs}", cls.name,
+                    med(lambda cls=cls, m=m: pairs * m / stream(cls, m, value, pairs), reps), "msg/s")
+    print("\n1 MiB bytes messages, one producer and one consumer: GB/s")
+    big = os.urandom(1 << 20)
+    for cls in [GFBytes, *transports()[1:]]:
+        row("1 MiB", cls.name, med(lambda cls=cls: args.big * len(big) / stream(cls, args.big, big, 1, 16) / 1e9, reps),
+            "GB/s")
+    row("1 MiB", "memcpy in one process", med(memcpy_gbps, reps), "GB/s")
+    print("\nping-pong round trip: us")
+    row("ping-pong", "gilfree.ProcessChannel pair", med(lambda: ping_pong_gf(20_000) * 1e6, reps), "us")
+    row("ping-pong", "multiprocessing.Pipe", med(lambda: ping_pong_pipe(20_000) * 1e6, reps), "us")
+
+    def get(s: str, t: str) -> float:
+        return next(r["median"] for r in res["rows"] if r["scenario"] == s and r["transport"] == t)
+
+    print("\nratios (medians of this run)")
+    for label in ("an int", "100-byte bytes"):
+        for pairs in (1, 4):
+            s = f"small {label} {pairs}x{pairs}"
+            line = f"  {s}: {get(s, GF.name) / get(s, MPQueue.name):.1f}x multiprocessing.Queue"
+            if FasterFifo in transports():
+                line += f", {get(s, GF.name) / get(s, FasterFifo.name):.2f}x faster_fifo"
+            print(line)
+    print(f"  1 MiB: {get('1 MiB', GFBytes.name) / get('1 MiB', 'memcpy in one process'):.0%} of memcpy")
+    print(f"  ping-pong: {get('ping-pong', 'gilfree.ProcessChannel pair'):.1f} us vs Pipe "
+          f"{get('ping-pong', 'multiprocessing.Pipe'):.1f} us")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

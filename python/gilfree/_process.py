@@ -1,0 +1,237 @@
+"""gilfree.ProcessChannel: a bounded channel between processes, its buffer in shared memory.
+
+The C core (src/procchan.c) keeps a ring of length-prefixed records in a POSIX shared-memory object, guarded
+by a robust process-shared mutex, with process-shared condition variables for the waits. This layer
+pickles values (protocol 5), names the object, and ties its lifetime to the handles and to
+multiprocessing's resource tracker.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import secrets
+import threading
+import weakref
+from types import TracebackType
+from typing import Any, Generic, Iterable, Iterator, TypeVar
+
+from . import _core
+from ._core import ChannelClosed
+
+T = TypeVar("T")
+
+__all__ = ["ProcessChannel"]
+
+_RECORD_OVERHEAD = 8 + 8  # a record's length prefix and its padding, at most
+_live: weakref.WeakSet[ProcessChannel[Any]] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def _tracker(op: str, name: str) -> None:
+    """Register/unregister with multiprocessing's resource tracker, which unlinks what a crashed process
+    left (as multiprocessing.shared_memory does). Every process started by multiprocessing shares it."""
+    try:
+        from multiprocessing import resource_tracker
+
+        getattr(resource_tracker, op)(name, "shared_memory")
+    except Exception:  # noqa: BLE001  (no tracker available: the handles' own count still unlinks it)
+        pass
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+class ProcessChannel(Generic[T]):
+    """A bounded channel between processes: Channel's contract where it makes sense, across processes.
+
+    ``ProcessChannel(capacity=1024, *, buffer_size=1 << 20 | ...)``: at most ``capacity`` messages wait, in a
+    shared ring of ``buffer_size`` bytes (the default holds one 1 MiB message with its header); a send
+    blocks while either is full (backpressure across processes). Values are pickled (protocol 5);
+    ``send_bytes``/``recv_bytes``/``recv_bytes_into`` move raw bytes without pickling.
+
+    - ``send(value, timeout=None)`` / ``recv(timeout=None)`` block with the GIL released; ``TimeoutError``
+      when the timeout passes; Ctrl-C reaches a waiting main thread within 100 ms. ``send_nowait`` /
+      ``recv_nowait`` raise ``WouldBlock``. ``send_many(iterable)`` / ``recv_many(max_items)``.
+    - A value too large for the buffer raises ValueError, one that cannot be pickled raises its pickling
+      error: at the sender, and nothing is sent.
+    - ``close()`` is idempotent: senders get ``ChannelClosed``; receivers drain what was sent, then get
+      ``ChannelClosed`` (``for v in ch`` ends).
+    - It passes to ``multiprocessing.Process(args=...)`` under every start method: it pickles as a handle
+      that attaches by name in the child; a forked child also inherits it directly.
+    - The shared memory is unlinked when the last handle (in any process) is released (``release()``,
+      garbage collection, or the exit of its process), and by multiprocessing's resource tracker if its
+      processes crashed.
+    - A process killed at any moment, even holding the channel's lock, never deadlocks the others (robust
+      mutex): a message is delivered whole or not at all, never twice. A sender killed mid-send sent
+      nothing; a receiver killed after taking a message took it with it.
+
+    >>> ch = gilfree.ProcessChannel(4)
+    >>> ch.send({"job": 1}); ch.close()
+    >>> list(ch)
+    [{'job': 1}]
+    >>> ch.release()
+    """
+
+    def __init__(self, capacity: int = 1024, *, buffer_size: int = (1 << 20) + 4096) -> None:
+        _check_int(capacity, "capacity", 1)
+        _check_int(buffer_size, "buffer_size", 64)
+        if buffer_size > 1 << 40:
+            raise ValueError("buffer_size must be <= 2**40")
+        name = f"/gilfree-{os.getpid()}-{secrets.token_hex(8)}"
+        self._h = _core._ProcChan(name, True, capacity, buffer_size)
+        _tracker("register", name)
+        self._owner = True
+        self._register()
+
+    def _register(self) -> None:
+        self._pid = os.getpid()
+        with _live_lock:
+            _live.add(self)
+
+    @classmethod
+    def _attach(cls, name: str) -> ProcessChannel[Any]:
+        self: ProcessChannel[Any] = cls.__new__(cls)
+        self._h = _core._ProcChan(name, False)
+        self._owner = False
+        self._register()
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ProcessChannel._attach, (self.name,))
+
+    # ---- state ------------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The shared-memory object's name (what a child attaches to)."""
+        return str(self._h.name)
+
+    @property
+    def capacity(self) -> int:
+        return int(self._h.state()["capacity"])
+
+    @property
+    def buffer_size(self) -> int:
+        return int(self._h.state()["buffer_size"])
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._h.state()["closed"])
+
+    def __len__(self) -> int:
+        return int(self._h.count())
+
+    def __repr__(self) -> str:
+        if self._h.released:
+            return f"<gilfree.ProcessChannel {self.name} released>"
+        st = self._h.state()
+        return (f"<gilfree.ProcessChannel {self.name} {st['count']}/{st['capacity']} messages"
+                f"{' closed' if st['closed'] else ''}>")
+
+    # ---- bytes --------------------------------------------------------------------------------------------
+
+    def send_bytes(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        """Send raw bytes (any bytes-like object), without pickling."""
+        self._h.send_bytes(data, timeout)
+
+    def recv_bytes(self, timeout: float | None = None) -> bytes:
+        """Receive the next message as bytes, without unpickling."""
+        return self._h.recv_bytes(timeout)
+
+    def recv_bytes_into(self, buffer: bytearray | memoryview, timeout: float | None = None) -> int:
+        """Receive the next message into ``buffer`` (a writable bytes-like object) and return its length.
+        ValueError, and nothing taken, if the buffer is too small."""
+        return self._h.recv_bytes_into(buffer, timeout)
+
+    # ---- values ------------------------------------------------------------------------------------------
+
+    def send(self, value: T, timeout: float | None = None) -> None:
+        self._h.send_bytes(pickle.dumps(value, protocol=5), timeout)
+
+    def send_nowait(self, value: T) -> None:
+        self._h.send_bytes(pickle.dumps(value, protocol=5), None, True)
+
+    def recv(self, timeout: float | None = None) -> T:
+        return pickle.loads(self._h.recv_bytes(timeout))  # type: ignore[no-any-return]
+
+    def recv_nowait(self) -> T:
+        return pickle.loads(self._h.recv_bytes(None, True))  # type: ignore[no-any-return]
+
+    def send_many(self, values: Iterable[T], timeout: float | None = None) -> int:
+        """Send every value in order; returns the count. On close or timeout the exception's ``.sent``
+        says how many were delivered."""
+        sent = 0
+        try:
+            for v in values:
+                self._h.send_bytes(pickle.dumps(v, protocol=5), timeout)
+                sent += 1
+        except (ChannelClosed, TimeoutError) as e:
+            e.sent = sent  # type: ignore[union-attr]
+            raise
+        return sent
+
+    def recv_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """1 to ``max_items`` values: what is there, waiting only for the first."""
+        _check_int(max_items, "max_items", 1)
+        out = [self.recv(timeout)]
+        while len(out) < max_items:
+            try:
+                out.append(pickle.loads(self._h.recv_bytes(None, True)))
+            except (_core.WouldBlock, ChannelClosed):
+                break
+        return out
+
+    def close(self) -> None:
+        """Close the channel for every process (idempotent)."""
+        self._h.close()
+
+    def release(self) -> None:
+        """Detach this handle; the channel stays open for the handles of other processes. The creator's
+        handle also removes the name, so no process can attach after it (the memory goes once every process
+        has let go). Idempotent; done too when the handle is collected and when its process exits."""
+        if self._h.released:
+            return
+        owner = self._owner and self._pid == os.getpid()  # a forked child's copy does not own the name
+        self._h.release(owner)
+        if owner:
+            _tracker("unregister", self.name)
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return
+
+    def __enter__(self) -> ProcessChannel[T]:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        h = getattr(self, "_h", None)
+        if h is not None and not h.released:
+            try:
+                self.release()
+            except Exception:  # noqa: BLE001  (at interpreter shutdown)
+                pass
+
+
+def _release_all_at_exit() -> None:
+    with _live_lock:
+        live = list(_live)
+    for ch in live:
+        ch.release()
+
+
+import atexit  # noqa: E402
+
+atexit.register(_release_all_at_exit)

@@ -1,0 +1,791 @@
+/* procchan.c — gilfree._core._ProcChan: the shared-memory core of gilfree.ProcessChannel.
+ *
+ * A bounded channel of byte strings between processes. Its state lives in one POSIX shared-memory object
+ * (shm_open + mmap), so every process that maps it (a forked child inherits the mapping; a spawned one
+ * attaches by name) sees the same ring, and its waits are process-shared. Values are pickled by the Python
+ * layer (python/gilfree/_process.py); this file moves bytes.
+ *
+ * Layout of the shared object:
+ *     gf_pc_shared header: magic, version, the robust process-shared mutex, two futex words (not_empty,
+ *     not_full: sequence numbers a waiter sleeps on with FUTEX_WAIT), the sizes, the ring's head and tail (byte counts
+ *     that only grow; the ring index is the count modulo ring_size), the number of messages, closed, the
+ *     number of attached handles, and how many waiters sleep on each condition;
+ *     then ring_size bytes of ring: records of [uint64 length][payload], each padded to 8 bytes, wrapping
+ *     around the end of the ring (a record may be split in two; copies handle the split).
+ *
+ * Invariants (whenever the mutex is free, or its owner died: see recovery):
+ *   - head <= tail, tail - head <= ring_size; the records between head and tail are complete.
+ *   - count is the number of records between head and tail; 0 <= count <= capacity.
+ *   - A sender writes the whole record past tail first and only then advances tail (and then count): a
+ *     record is published by one store, so a reader never sees a torn message, whoever dies when.
+ *   - A receiver copies the whole record out first and only then advances head.
+ *   - Once closed, never open again; receivers drain what is there, then get ChannelClosed.
+ * Lifetime: the creator's handle owns the name (shm_unlink when it is released); other handles only map
+ * it. The memory goes when the last process unmaps it.
+ * Robustness: the mutex is PTHREAD_MUTEX_ROBUST. If a process dies holding it, the next locker gets
+ * EOWNERDEAD: it recomputes count by walking the records from head to tail (the one field a death between
+ * two stores can leave stale), marks the mutex consistent and goes on. A sender killed mid-copy leaves
+ * nothing (tail was not advanced); a receiver killed mid-copy leaves the message for the next receiver; a
+ * receiver killed after advancing head took the message with it.
+ *
+ * Why futexes and not process-shared condition variables: glibc's pthread_cond_signal/broadcast wait for
+ * the waiters of the previous group to leave; a waiter killed inside pthread_cond_wait never leaves, and
+ * the next signal blocks for ever, holding the mutex. A futex word keeps no per-waiter state: a waiter reads
+ * the word under the mutex, unlocks, and sleeps only if the word still has that value (so no wake-up is
+ * lost); a signaler bumps the word under the mutex and wakes. A dead waiter leaves nothing behind.
+ *
+ * Every wait releases the GIL. The main thread waits in slices of GF_SIGNAL_POLL_NS (50 ms) and checks for
+ * signals between them (Ctrl-C); so does a wait for the mutex itself, which another process may hold while
+ * it copies a large message.
+ */
+#include "channel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define PC_MAGIC 0x676966726565504bull /* "gifreePK" */
+#define PC_VERSION 1
+#define PC_SMALL 512                   /* a recv copies a record this small in one round */
+
+typedef struct {
+    uint64_t magic;        /* written last at creation (release): attachers check it */
+    uint32_t version;
+    uint32_t closed;
+    pthread_mutex_t mu;
+    uint32_t not_empty;    /* futex words: bumped (under mu) by whoever makes room / a message */
+    uint32_t not_full;
+    uint64_t ring_size;    /* bytes, a multiple of 8 */
+    uint64_t capacity;     /* messages */
+    uint64_t head, tail;   /* byte counts, only growing */
+    uint64_t count;        /* messages in the ring */
+    uint32_t refs;         /* handles attached, in every process */
+    uint32_t recv_waiting, send_waiting;
+    uint32_t pad;
+    uint64_t ring_off;     /* offset of the ring from the start of the object */
+} gf_pc_shared;
+
+typedef struct {
+    PyObject_HEAD
+    gf_state *st;
+    gf_pc_shared *sh;      /* NULL once released */
+    size_t map_size;
+    PyObject *name;
+    unsigned char *ring;
+} ProcChanObject;
+
+#define PC_CAST(op) ((ProcChanObject *)(op))
+
+static inline uint64_t
+rec_size(uint64_t len)
+{
+    return 8 + ((len + 7) & ~(uint64_t)7);
+}
+
+/* Copy n bytes into / out of the ring at byte count `pos`, wrapping around its end. */
+static void
+ring_put(gf_pc_shared *sh, unsigned char *ring, uint64_t pos, const void *src, uint64_t n)
+{
+    uint64_t off = pos % sh->ring_size, first = sh->ring_size - off;
+    if (n <= first) {
+        memcpy(ring + off, src, n);
+    }
+    else {
+        memcpy(ring + off, src, first);
+        memcpy(ring, (const unsigned char *)src + first, n - first);
+    }
+}
+
+static void
+ring_get(gf_pc_shared *sh, unsigned char *ring, uint64_t pos, void *dst, uint64_t n)
+{
+    uint64_t off = pos % sh->ring_size, first = sh->ring_size - off;
+    if (n <= first) {
+        memcpy(dst, ring + off, n);
+    }
+    else {
+        memcpy(dst, ring + off, first);
+        memcpy((unsigned char *)dst + first, ring, n - first);
+    }
+}
+
+static uint64_t
+head_len(gf_pc_shared *sh, unsigned char *ring)
+{
+    uint64_t len;
+    ring_get(sh, ring, sh->head, &len, 8);
+    return len;
+}
+
+/* After EOWNERDEAD: make the header consistent (see the file comment). Under the mutex. */
+static void
+recover(gf_pc_shared *sh, unsigned char *ring)
+{
+    uint64_t n = 0, pos = sh->head;
+    while (pos < sh->tail) {
+        uint64_t len;
+        ring_get(sh, ring, pos, &len, 8);
+        uint64_t r = rec_size(len);
+        if (len > sh->ring_size || pos + r > sh->tail) {
+            sh->tail = pos; /* cannot happen (tail moves only past whole records); be safe */
+            break;
+        }
+        pos += r;
+        n++;
+    }
+    sh->count = n;
+    pthread_mutex_consistent(&sh->mu);
+}
+
+static int
+after_lock(gf_pc_shared *sh, unsigned char *ring, int rc)
+{
+    if (rc == EOWNERDEAD) {
+        recover(sh, ring);
+        return 0;
+    }
+    return rc;
+}
+
+static void
+futex_wake(uint32_t *word, int n)
+{
+    (void)syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+/* Under mu: bump a futex word and wake n sleepers (1, or INT_MAX for all). */
+static void
+pc_signal(uint32_t *word, int n)
+{
+    __atomic_add_fetch(word, 1, __ATOMIC_RELEASE);
+    futex_wake(word, n);
+}
+
+/* Detached, mu held: sleep on `word` until it is bumped or `at` (CLOCK_MONOTONIC; NULL: no limit) passes,
+ * then take mu again. Returns 0, ETIMEDOUT (the deadline or the signal slice: the caller tells them apart)
+ * or an errno of the mutex. Recovers from a dead owner. */
+static int
+pc_timedwait(gf_pc_shared *sh, unsigned char *ring, uint32_t *word, const struct timespec *at)
+{
+    uint32_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&sh->mu);
+    int timed_out = 0;
+    struct timespec rel, *relp = NULL;
+    if (at != NULL) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t ns = (int64_t)(at->tv_sec - now.tv_sec) * 1000000000 + (at->tv_nsec - now.tv_nsec);
+        if (ns <= 0) {
+            timed_out = 1;
+        }
+        rel.tv_sec = ns > 0 ? ns / 1000000000 : 0;
+        rel.tv_nsec = ns > 0 ? ns % 1000000000 : 0;
+        relp = &rel;
+    }
+    if (!timed_out) {
+        /* FUTEX_WAIT (not _PRIVATE: the word is shared between processes); a relative timeout is measured
+         * on CLOCK_MONOTONIC. EAGAIN: the word changed already; EINTR: a signal: both just return. */
+        long r = syscall(SYS_futex, word, FUTEX_WAIT, seen, relp, NULL, 0);
+        timed_out = r < 0 && errno == ETIMEDOUT;
+    }
+    int rc = after_lock(sh, ring, pthread_mutex_lock(&sh->mu));
+    if (rc != 0) {
+        return rc;
+    }
+    return timed_out ? ETIMEDOUT : 0;
+}
+
+static void
+pc_deadline_slice(const gf_deadline *d, int is_main, struct timespec *at, int *bounded, int *polling)
+{
+    *bounded = 0;
+    *polling = 0;
+    if (!d->infinite) {
+        *at = d->at;
+        *bounded = 1;
+    }
+    if (is_main) {
+        struct timespec poll;
+        gf_monotonic_after(&poll, GF_SIGNAL_POLL_NS);
+        if (!*bounded || poll.tv_sec < at->tv_sec || (poll.tv_sec == at->tv_sec && poll.tv_nsec < at->tv_nsec)) {
+            *at = poll;
+            *bounded = 1;
+            *polling = 1;
+        }
+    }
+}
+
+static int
+pc_alive(ProcChanObject *self)
+{
+    if (self->sh == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this ProcessChannel handle was released");
+        return 0;
+    }
+    return 1;
+}
+
+/* Attached: lock the mutex, releasing the GIL if another thread or process holds it (it may be copying a
+ * large message). 0, or -1 with an exception set. */
+static int
+pc_lock(ProcChanObject *self)
+{
+    gf_pc_shared *sh = self->sh;
+    int rc = pthread_mutex_trylock(&sh->mu);
+    if (rc == EBUSY) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = pthread_mutex_lock(&sh->mu);
+        Py_END_ALLOW_THREADS
+    }
+    rc = after_lock(sh, self->ring, rc);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+enum { PC_SEND = 0, PC_RECV = 1 };
+
+/* Attached, mutex held: wait (detached) until the operation can proceed, the channel is closed, or the
+ * deadline passes; on the main thread also checks for signals every 50 ms (releasing the mutex for it).
+ * `need` is the record size for a send. Returns 0 ready, 1 closed (and, for a recv, empty), -1 error (the
+ * mutex is released then), 2 would block (nowait). */
+static int
+pc_wait(ProcChanObject *self, int kind, uint64_t need, const gf_deadline *d, int nowait)
+{
+    gf_pc_shared *sh = self->sh;
+    int is_main = PyThread_get_thread_ident() == self->st->main_ident;
+    for (;;) {
+        int ready, closed = sh->closed != 0;
+        if (kind == PC_SEND) {
+            ready = sh->count < sh->capacity && sh->ring_size - (sh->tail - sh->head) >= need;
+        }
+        else {
+            ready = sh->count > 0;
+        }
+        if (kind == PC_SEND && closed) {
+            return 1;
+        }
+        if (ready) {
+            return 0;
+        }
+        if (closed) {
+            return 1;
+        }
+        if (nowait) {
+            return 2;
+        }
+        if (gf_deadline_passed(d)) {
+            pthread_mutex_unlock(&sh->mu);
+            PyErr_SetString(PyExc_TimeoutError, "timed out");
+            return -1;
+        }
+        struct timespec at;
+        int bounded, polling, rc;
+        pc_deadline_slice(d, is_main, &at, &bounded, &polling);
+        uint32_t *cv = kind == PC_SEND ? &sh->not_full : &sh->not_empty;
+        uint32_t *waiting = kind == PC_SEND ? &sh->send_waiting : &sh->recv_waiting;
+        (*waiting)++;
+        Py_BEGIN_ALLOW_THREADS
+        rc = pc_timedwait(sh, self->ring, cv, bounded ? &at : NULL);
+        Py_END_ALLOW_THREADS
+        if (rc != 0 && rc != ETIMEDOUT) { /* the mutex could not be taken again: it is not held */
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        (*waiting)--;
+        if (rc == ETIMEDOUT && polling) {
+            pthread_mutex_unlock(&sh->mu);
+            if (PyErr_CheckSignals() < 0) {
+                return -1;
+            }
+            if (pc_lock(self) < 0) {
+                return -1;
+            }
+        }
+    }
+}
+
+static int
+parse_timeout(PyObject *timeout, gf_deadline *d)
+{
+    return gf_deadline_from_timeout(timeout, d, "timeout");
+}
+
+/* ---- send ---------------------------------------------------------------------------------------- */
+
+static PyObject *
+pc_send_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"data", "timeout", "nowait", NULL};
+    ProcChanObject *self = PC_CAST(op);
+    Py_buffer view;
+    PyObject *timeout = Py_None;
+    int nowait = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|Op:send_bytes", kwlist, &view, &timeout, &nowait)) {
+        return NULL;
+    }
+    PyObject *res = NULL;
+    gf_deadline d;
+    if (!pc_alive(self) || parse_timeout(timeout, &d) < 0) {
+        goto done;
+    }
+    gf_pc_shared *sh = self->sh;
+    uint64_t len = (uint64_t)view.len, need = rec_size(len);
+    if (need > sh->ring_size) {
+        PyErr_Format(PyExc_ValueError, "a message of %zd bytes does not fit in this channel's buffer of %llu "
+                     "bytes (make it with a larger buffer_size)", view.len,
+                     (unsigned long long)(sh->ring_size - 8));
+        goto done;
+    }
+    if (pc_lock(self) < 0) {
+        goto done;
+    }
+    int w = pc_wait(self, PC_SEND, need, &d, nowait);
+    if (w < 0) {
+        goto done;
+    }
+    if (w == 1 || w == 2) {
+        pthread_mutex_unlock(&sh->mu);
+        PyErr_SetString(w == 1 ? self->st->ChannelClosed : self->st->WouldBlock,
+                        w == 1 ? "send on a closed ProcessChannel" : "ProcessChannel is full");
+        goto done;
+    }
+    int wake;
+    Py_BEGIN_ALLOW_THREADS
+    ring_put(sh, self->ring, sh->tail + 8, view.buf, len); /* the payload, then the length: then publish */
+    ring_put(sh, self->ring, sh->tail, &len, 8);
+    sh->tail += need;
+    sh->count++;
+    wake = sh->recv_waiting > 0;
+    if (wake) {
+        pc_signal(&sh->not_empty, 1);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* ---- recv ---------------------------------------------------------------------------------------- */
+
+/* Mutex held, count > 0: take the head record into dst (room for len bytes), advance, wake a sender,
+ * unlock. */
+static void
+take_head(ProcChanObject *self, void *dst, uint64_t len)
+{
+    gf_pc_shared *sh = self->sh;
+    ring_get(sh, self->ring, sh->head + 8, dst, len);
+    sh->head += rec_size(len);
+    sh->count--;
+    if (sh->send_waiting > 0) {
+        pc_signal(&sh->not_full, 1);
+    }
+    pthread_mutex_unlock(&sh->mu);
+}
+
+static int
+raise_recv_outcome(ProcChanObject *self, int w)
+{
+    if (w == 1) {
+        PyErr_SetString(self->st->ChannelClosed, "ProcessChannel is closed and drained");
+    }
+    else if (w == 2) {
+        PyErr_SetString(self->st->WouldBlock, "ProcessChannel is empty");
+    }
+    return -1;
+}
+
+static PyObject *
+pc_recv_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"timeout", "nowait", NULL};
+    ProcChanObject *self = PC_CAST(op);
+    PyObject *timeout = Py_None;
+    int nowait = 0;
+    gf_deadline d;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|Op:recv_bytes", kwlist, &timeout, &nowait)) {
+        return NULL;
+    }
+    if (!pc_alive(self) || parse_timeout(timeout, &d) < 0) {
+        return NULL;
+    }
+    gf_pc_shared *sh = self->sh;
+    for (;;) {
+        if (pc_lock(self) < 0) {
+            return NULL;
+        }
+        int w = pc_wait(self, PC_RECV, 0, &d, nowait);
+        if (w < 0) {
+            return NULL;
+        }
+        if (w != 0) {
+            pthread_mutex_unlock(&sh->mu);
+            raise_recv_outcome(self, w);
+            return NULL;
+        }
+        uint64_t len = head_len(sh, self->ring);
+        if (len <= PC_SMALL) {
+            unsigned char small[PC_SMALL];
+            take_head(self, small, len);
+            return PyBytes_FromStringAndSize((const char *)small, (Py_ssize_t)len);
+        }
+        /* A large record: allocate its bytes with the mutex free (that needs the GIL), then take it if it
+         * is still the head one (another receiver may have taken it meanwhile: then again). */
+        pthread_mutex_unlock(&sh->mu);
+        PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+        if (b == NULL) {
+            return NULL;
+        }
+        if (pc_lock(self) < 0) {
+            Py_DECREF(b);
+            return NULL;
+        }
+        if (sh->count > 0 && head_len(sh, self->ring) == len) {
+            char *dst = PyBytes_AS_STRING(b);
+            Py_BEGIN_ALLOW_THREADS
+            take_head(self, dst, len);
+            Py_END_ALLOW_THREADS
+            return b;
+        }
+        pthread_mutex_unlock(&sh->mu);
+        Py_DECREF(b);
+    }
+}
+
+static PyObject *
+pc_recv_bytes_into(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buffer", "timeout", "nowait", NULL};
+    ProcChanObject *self = PC_CAST(op);
+    Py_buffer view;
+    PyObject *timeout = Py_None, *res = NULL;
+    int nowait = 0;
+    gf_deadline d;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "w*|Op:recv_bytes_into", kwlist, &view, &timeout,
+                                     &nowait)) {
+        return NULL;
+    }
+    if (!pc_alive(self) || parse_timeout(timeout, &d) < 0) {
+        goto done;
+    }
+    gf_pc_shared *sh = self->sh;
+    if (pc_lock(self) < 0) {
+        goto done;
+    }
+    int w = pc_wait(self, PC_RECV, 0, &d, nowait);
+    if (w < 0) {
+        goto done;
+    }
+    if (w != 0) {
+        pthread_mutex_unlock(&sh->mu);
+        raise_recv_outcome(self, w);
+        goto done;
+    }
+    uint64_t len = head_len(sh, self->ring);
+    if (len > (uint64_t)view.len) {
+        pthread_mutex_unlock(&sh->mu);
+        PyErr_Format(PyExc_ValueError, "buffer: the next message has %llu bytes, the buffer holds %zd "
+                     "(nothing was taken)", (unsigned long long)len, view.len);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    take_head(self, view.buf, len);
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromUnsignedLongLong(len);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* ---- close, release, state -------------------------------------------------------------------------- */
+
+static PyObject *
+pc_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ProcChanObject *self = PC_CAST(op);
+    if (!pc_alive(self) || pc_lock(self) < 0) {
+        return NULL;
+    }
+    gf_pc_shared *sh = self->sh;
+    sh->closed = 1;
+    pc_signal(&sh->not_empty, INT_MAX);
+    pc_signal(&sh->not_full, INT_MAX);
+    pthread_mutex_unlock(&sh->mu);
+    Py_RETURN_NONE;
+}
+
+/* Detach this handle (unmap); with unlink (the creator's handle) also remove the name, so nothing more can
+ * attach: the memory itself goes once every process has unmapped it. Idempotent. */
+static PyObject *
+pc_release_impl(ProcChanObject *self, int unlink)
+{
+    if (self->sh == NULL) {
+        Py_RETURN_NONE;
+    }
+    gf_pc_shared *sh = self->sh;
+    if (pc_lock(self) < 0) {
+        return NULL;
+    }
+    sh->refs--;
+    pthread_mutex_unlock(&sh->mu);
+    munmap(self->sh, self->map_size);
+    self->sh = NULL;
+    self->ring = NULL;
+    if (unlink) {
+        const char *name = PyUnicode_AsUTF8(self->name);
+        if (name == NULL) {
+            return NULL;
+        }
+        (void)shm_unlink(name);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pc_release(PyObject *op, PyObject *args)
+{
+    int unlink = 0;
+    if (!PyArg_ParseTuple(args, "|p:release", &unlink)) {
+        return NULL;
+    }
+    return pc_release_impl(PC_CAST(op), unlink);
+}
+
+static PyObject *
+pc_len(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ProcChanObject *self = PC_CAST(op);
+    if (!pc_alive(self) || pc_lock(self) < 0) {
+        return NULL;
+    }
+    uint64_t n = self->sh->count;
+    pthread_mutex_unlock(&self->sh->mu);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+static PyObject *
+pc_state(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ProcChanObject *self = PC_CAST(op);
+    if (!pc_alive(self) || pc_lock(self) < 0) {
+        return NULL;
+    }
+    gf_pc_shared *sh = self->sh;
+    PyObject *r = Py_BuildValue("{s:K,s:K,s:K,s:i,s:I}", "capacity", (unsigned long long)sh->capacity,
+                                "buffer_size", (unsigned long long)sh->ring_size, "count",
+                                (unsigned long long)sh->count, "closed", (int)sh->closed, "refs", sh->refs);
+    pthread_mutex_unlock(&sh->mu);
+    return r;
+}
+
+/* ---- making and attaching ----------------------------------------------------------------------------- */
+
+static int
+init_shared(gf_pc_shared *sh, uint64_t capacity, uint64_t ring_size)
+{
+    pthread_mutexattr_t ma;
+    if (pthread_mutexattr_init(&ma) != 0) {
+        return -1;
+    }
+    pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init(&sh->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
+    if (rc != 0) {
+        return -1;
+    }
+    sh->version = PC_VERSION;
+    sh->capacity = capacity;
+    sh->ring_size = ring_size;
+    sh->ring_off = (sizeof(gf_pc_shared) + 63) & ~(uint64_t)63;
+    sh->refs = 1;
+    __atomic_store_n(&sh->magic, PC_MAGIC, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static PyObject *
+pc_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"name", "create", "capacity", "buffer_size", NULL};
+    PyObject *name;
+    int create;
+    unsigned long long capacity = 0, buffer_size = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Up|KK:_ProcChan", kwlist, &name, &create, &capacity,
+                                     &buffer_size)) {
+        return NULL;
+    }
+    const char *cname = PyUnicode_AsUTF8(name);
+    if (cname == NULL) {
+        return NULL;
+    }
+    if (create && (capacity < 1 || buffer_size < 64 || buffer_size > ((unsigned long long)1 << 40))) {
+        return PyErr_Format(PyExc_ValueError, "capacity must be >= 1 and buffer_size in [64, 2**40]");
+    }
+    gf_state *st = PyType_GetModuleState(type);
+    size_t header = (sizeof(gf_pc_shared) + 63) & ~(size_t)63;
+    uint64_t ring = (buffer_size + 7) & ~(uint64_t)7;
+    int fd;
+    size_t map_size;
+    Py_BEGIN_ALLOW_THREADS
+    fd = shm_open(cname, create ? (O_CREAT | O_EXCL | O_RDWR) : O_RDWR, 0600);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+    }
+    if (create) {
+        map_size = header + ring;
+        if (ftruncate(fd, (off_t)map_size) < 0) {
+            int e = errno;
+            close(fd);
+            shm_unlink(cname);
+            errno = e;
+            return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        }
+    }
+    else {
+        struct stat stt;
+        if (fstat(fd, &stt) < 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        }
+        map_size = (size_t)stt.st_size;
+        if (map_size < header + 64) {
+            close(fd);
+            return PyErr_Format(PyExc_ValueError, "%R is not a gilfree ProcessChannel", name);
+        }
+    }
+    void *mem = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (mem == MAP_FAILED) {
+        if (create) {
+            shm_unlink(cname);
+        }
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+    }
+    gf_pc_shared *sh = (gf_pc_shared *)mem;
+    if (create) {
+        if (init_shared(sh, capacity, ring) < 0) {
+            munmap(mem, map_size);
+            shm_unlink(cname);
+            return PyErr_NoMemory();
+        }
+    }
+    else if (__atomic_load_n(&sh->magic, __ATOMIC_ACQUIRE) != PC_MAGIC || sh->version != PC_VERSION ||
+             sh->ring_off + sh->ring_size != map_size) {
+        munmap(mem, map_size);
+        return PyErr_Format(PyExc_ValueError, "%R is not a gilfree ProcessChannel (or another version's)", name);
+    }
+    ProcChanObject *self = (ProcChanObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        munmap(mem, map_size);
+        if (create) {
+            shm_unlink(cname);
+        }
+        return NULL;
+    }
+    self->st = st;
+    self->sh = sh;
+    self->map_size = map_size;
+    self->ring = (unsigned char *)mem + sh->ring_off;
+    self->name = Py_NewRef(name);
+    if (!create) {
+        if (pc_lock(self) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        sh->refs++; /* informational (state()): the creator's handle owns the name */
+        pthread_mutex_unlock(&sh->mu);
+    }
+    return (PyObject *)self;
+}
+
+static void
+pc_dealloc(PyObject *op)
+{
+    ProcChanObject *self = PC_CAST(op);
+    PyTypeObject *tp = Py_TYPE(op);
+    if (self->sh != NULL) { /* the Python layer releases explicitly; this only unmaps */
+        PyObject *r = pc_release_impl(self, 0);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(op);
+        }
+        Py_XDECREF(r);
+    }
+    Py_CLEAR(self->name);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+pc_get_name(PyObject *op, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(PC_CAST(op)->name);
+}
+
+static PyObject *
+pc_get_released(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(PC_CAST(op)->sh == NULL);
+}
+
+static PyMethodDef pc_methods[] = {
+    {"send_bytes", (PyCFunction)(void (*)(void))pc_send_bytes, METH_VARARGS | METH_KEYWORDS,
+     "send_bytes(data, timeout=None, nowait=False)"},
+    {"recv_bytes", (PyCFunction)(void (*)(void))pc_recv_bytes, METH_VARARGS | METH_KEYWORDS,
+     "recv_bytes(timeout=None, nowait=False)"},
+    {"recv_bytes_into", (PyCFunction)(void (*)(void))pc_recv_bytes_into, METH_VARARGS | METH_KEYWORDS,
+     "recv_bytes_into(buffer, timeout=None, nowait=False)"},
+    {"close", pc_close, METH_NOARGS, "close()"},
+    {"release", pc_release, METH_VARARGS, "release(unlink=False): unmap; with unlink also remove the name"},
+    {"count", pc_len, METH_NOARGS, "count() -> messages waiting"},
+    {"state", pc_state, METH_NOARGS, "state() -> dict"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef pc_getset[] = {
+    {"name", pc_get_name, NULL, "The shared-memory object's name.", NULL},
+    {"released", pc_get_released, NULL, "True once this handle was released.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot pc_slots[] = {
+    {Py_tp_doc, "The shared-memory core of gilfree.ProcessChannel (bytes in, bytes out)."},
+    {Py_tp_new, pc_new},
+    {Py_tp_dealloc, pc_dealloc},
+    {Py_tp_methods, pc_methods},
+    {Py_tp_getset, pc_getset},
+    {0, NULL},
+};
+
+static PyType_Spec pc_spec = {
+    .name = "gilfree._core._ProcChan",
+    .basicsize = sizeof(ProcChanObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = pc_slots,
+};
+
+int
+gf_procchan_setup(PyObject *module, gf_state *st)
+{
+    PyObject *tp = PyType_FromModuleAndSpec(module, &pc_spec, NULL);
+    if (tp == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(module, "_ProcChan", tp);
+    Py_DECREF(tp);
+    return rc;
+}

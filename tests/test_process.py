@@ -1,0 +1,386 @@
+"""gilfree.ProcessChannel: a bounded channel between processes, its buffer in shared memory."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+from conftest import SANITIZER, scaled
+
+import gilfree
+from gilfree import ChannelClosed, ProcessChannel, WouldBlock
+
+# Worker processes start without the sanitizer runtime (or with it, under fork): the plain build covers them.
+multiproc = pytest.mark.skipif(bool(SANITIZER), reason="worker processes under a sanitizer")
+
+
+def shm_names() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("gilfree-")}
+
+
+@pytest.fixture(autouse=True)
+def dev_shm_clean() -> Iterator[None]:
+    before = shm_names()
+    yield
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while shm_names() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert shm_names() - before == set(), "shared memory left in /dev/shm"
+
+
+# ---- in one process ---------------------------------------------------------------------------------------
+
+
+def test_values_round_trip_in_order() -> None:
+    with ProcessChannel(8) as ch:
+        for v in [1, "two", (3,), {"four": 4}, None, b"six"]:
+            ch.send(v)
+        assert len(ch) == 6
+        assert [ch.recv() for _ in range(6)] == [1, "two", (3,), {"four": 4}, None, b"six"]
+    assert ch.closed
+    ch.release()
+    ch.release()  # idempotent
+
+
+def test_capacity_counts_messages_and_gives_backpressure() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(2)
+    ch.send(1)
+    ch.send_nowait(2)
+    with pytest.raises(WouldBlock):
+        ch.send_nowait(3)
+    with pytest.raises(TimeoutError):
+        ch.send(3, timeout=0.05)
+    assert ch.recv_nowait() == 1
+    ch.send_nowait(3)
+    assert ch.recv_many(10) == [2, 3]
+    with pytest.raises(WouldBlock):
+        ch.recv_nowait()
+    with pytest.raises(TimeoutError):
+        ch.recv(timeout=0.05)
+    assert ch.capacity == 2
+    ch.release()
+
+
+def test_buffer_bytes_bound_too() -> None:
+    ch: ProcessChannel[bytes] = ProcessChannel(100, buffer_size=4096)
+    ch.send_bytes(b"x" * 3000)
+    with pytest.raises(WouldBlock):
+        ch._h.send_bytes(b"y" * 2000, None, True)
+    assert ch.recv_bytes() == b"x" * 3000
+    ch.send_bytes(b"y" * 2000)  # room again (the ring wraps around)
+    ch.send_bytes(b"z" * 1500)
+    assert ch.recv_bytes() == b"y" * 2000 and ch.recv_bytes() == b"z" * 1500
+    with pytest.raises(ValueError, match="does not fit"):
+        ch.send_bytes(b"w" * 5000)
+    assert len(ch) == 0  # nothing was sent
+    ch.release()
+
+
+def test_default_buffer_holds_a_1_mib_message() -> None:
+    ch: ProcessChannel[bytes] = ProcessChannel()
+    big = os.urandom(1 << 20)
+    ch.send(big)
+    assert ch.recv() == big
+    ch.send_bytes(big)
+    buf = bytearray(1 << 20)
+    assert ch.recv_bytes_into(buf) == 1 << 20 and buf == big
+    ch.release()
+
+
+def test_recv_bytes_into_too_small_takes_nothing() -> None:
+    ch: ProcessChannel[bytes] = ProcessChannel(4)
+    ch.send_bytes(b"hello world")
+    small = bytearray(5)
+    with pytest.raises(ValueError, match="nothing was taken"):
+        ch.recv_bytes_into(small)
+    view = memoryview(bytearray(64))
+    n = ch.recv_bytes_into(view)
+    assert bytes(view[:n]) == b"hello world"
+    with pytest.raises(TypeError):
+        ch.recv_bytes_into(b"immutable")  # type: ignore[arg-type]
+    ch.release()
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise pickle.PicklingError("no")
+
+
+def test_unpicklable_raises_at_the_sender_and_sends_nothing() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(4)
+    with pytest.raises(pickle.PicklingError):
+        ch.send(Unpicklable())
+    with pytest.raises(pickle.PicklingError):
+        ch.send_many([1, Unpicklable()])
+    assert len(ch) == 1 and ch.recv() == 1
+    ch.release()
+
+
+def test_close_drains_then_raises_and_is_idempotent() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(4)
+    ch.send_many([1, 2])
+    ch.close()
+    ch.close()
+    with pytest.raises(ChannelClosed):
+        ch.send(3)
+    assert list(ch) == [1, 2]
+    with pytest.raises(ChannelClosed):
+        ch.recv()
+    with pytest.raises(ChannelClosed):
+        ch.recv_nowait()
+    ch.release()
+
+
+def test_close_wakes_blocked_waiters_in_this_process() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(1)
+    got: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            ch.recv()
+        except ChannelClosed as e:
+            got.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.05)
+    ch.close()
+    t.join(5)
+    assert not t.is_alive() and len(got) == 1
+    ch.release()
+
+
+def test_send_many_reports_what_was_sent() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(3)
+    with pytest.raises(TimeoutError) as e:
+        ch.send_many(range(10), timeout=0.05)
+    assert e.value.sent == 3  # type: ignore[attr-defined]
+    ch.release()
+
+
+@pytest.mark.parametrize("kwargs,exc", [({"capacity": 0}, ValueError), ({"capacity": -1}, ValueError),
+                                        ({"capacity": None}, TypeError), ({"capacity": "4"}, TypeError),
+                                        ({"capacity": True}, TypeError), ({"buffer_size": 10}, ValueError),
+                                        ({"buffer_size": 2**41}, ValueError), ({"buffer_size": 1.5}, TypeError)])
+def test_bad_arguments(kwargs: dict[str, Any], exc: type[BaseException]) -> None:
+    with pytest.raises(exc):
+        ProcessChannel(**kwargs)
+
+
+def test_bad_timeouts_and_released_handles() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(1)
+    with pytest.raises(ValueError):
+        ch.recv(timeout=-1)
+    with pytest.raises(TypeError):
+        ch.recv(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ch.recv_many(0)
+    ch.release()
+    with pytest.raises(ValueError, match="released"):
+        ch.send(1)
+    assert "released" in repr(ch)
+
+
+def test_the_gil_is_released_while_waiting() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(1)
+    counter = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    before = counter[0]
+    with pytest.raises(TimeoutError):
+        ch.recv(timeout=0.2)
+    stop.set()
+    t.join()
+    assert counter[0] - before > 10_000
+    ch.release()
+
+
+def test_select_does_not_take_it() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(1)
+    with pytest.raises(TypeError):
+        gilfree.select(ch.recv)  # type: ignore[arg-type]
+    ch.release()
+
+
+# ---- across processes ---------------------------------------------------------------------------------------
+
+
+def _echo_child(inbox: ProcessChannel[Any], outbox: ProcessChannel[Any]) -> None:
+    for v in inbox:
+        outbox.send(("echo", v))
+    outbox.close()
+
+
+@multiproc
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_passes_to_a_process_under_every_start_method(method: str) -> None:
+    ctx = mp.get_context(method)
+    inbox: ProcessChannel[Any] = ProcessChannel(4)
+    outbox: ProcessChannel[Any] = ProcessChannel(4)
+    p = ctx.Process(target=_echo_child, args=(inbox, outbox))
+    p.start()
+    inbox.send_many([1, "a", (2, 3)])
+    inbox.close()
+    assert list(outbox) == [("echo", 1), ("echo", "a"), ("echo", (2, 3))]
+    p.join(30)
+    assert p.exitcode == 0
+    inbox.release()
+    outbox.release()
+
+
+def _produce(ch: ProcessChannel[tuple[int, int]], who: int, n: int) -> None:
+    for i in range(n):
+        ch.send((who, i))
+
+
+def _consume(ch: ProcessChannel[tuple[int, int]], out: ProcessChannel[list[tuple[int, int]]]) -> None:
+    got = []
+    for v in ch:
+        got.append(v)
+    out.send(got)
+
+
+@multiproc
+def test_no_loss_no_duplicate_4x4_with_close_racing() -> None:
+    ctx = mp.get_context("fork")
+    n = scaled(25_000, 2_000)
+    ch: ProcessChannel[tuple[int, int]] = ProcessChannel(64)
+    out: ProcessChannel[list[tuple[int, int]]] = ProcessChannel(8, buffer_size=64 << 20)
+    producers = [ctx.Process(target=_produce, args=(ch, w, n)) for w in range(4)]
+    consumers = [ctx.Process(target=_consume, args=(ch, out)) for _ in range(4)]
+    for p in producers + consumers:
+        p.start()
+    for p in producers:
+        p.join(120)
+    ch.close()  # races the consumers still draining
+    got = [v for _ in consumers for v in out.recv(timeout=120)]
+    for p in consumers:
+        p.join(60)
+    assert sorted(got) == sorted((w, i) for w in range(4) for i in range(n))
+    # each producer's values arrive in order within each consumer
+    ch.release()
+    out.release()
+
+
+def _stamped(who: int, seq: int) -> bytes:
+    body = f"{who}:{seq}:".encode() * (1 + seq % 37)
+    return hashlib.sha1(body).digest() + body
+
+
+def _kill_producer(ch: ProcessChannel[bytes], who: int) -> None:
+    seq = 0
+    while True:
+        ch.send_bytes(_stamped(who, seq))
+        seq += 1
+
+
+def _kill_consumer(ch: ProcessChannel[bytes], fd: int) -> None:
+    while True:
+        try:
+            m = ch.recv_bytes()
+        except ChannelClosed:
+            return
+        os.write(fd, len(m).to_bytes(4, "big") + m)
+
+
+@multiproc
+def test_sigkill_at_any_moment_never_deadlocks_or_tears(tmp_path: Any) -> None:
+    """Rounds of: two producers and two consumers (processes) streaming; SIGKILL one of them at a random
+    moment (maybe while it holds the lock); the survivors go on; nothing is torn or duplicated."""
+    ctx = mp.get_context("fork")
+    rounds = scaled(200, 20) if os.environ.get("GILFREE_STRESS_SCALE") else 40
+    for r in range(rounds):
+        ch: ProcessChannel[bytes] = ProcessChannel(16, buffer_size=8192)
+        log = tmp_path / f"round{r}.log"  # consumers append each message they got (one write each)
+        wfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        prods = [ctx.Process(target=_kill_producer, args=(ch, w)) for w in range(2)]
+        cons = [ctx.Process(target=_kill_consumer, args=(ch, wfd)) for _ in range(2)]
+        for p in prods + cons:
+            p.start()
+        time.sleep(random.uniform(0.001, 0.02))
+        victim = random.choice(prods + cons)
+        os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        victim.join(10)
+        time.sleep(0.01)
+        for p in prods:
+            if p is not victim:
+                os.kill(p.pid, signal.SIGTERM)  # type: ignore[arg-type]
+                p.join(10)
+        ch.close()
+        # the surviving consumers drain and end: nobody is stuck on a lock a dead process held
+        deadline = time.monotonic() + 20
+        for c in cons:
+            if c is not victim:
+                c.join(max(0.1, deadline - time.monotonic()))
+                assert c.exitcode == 0, f"round {r}: a consumer did not finish"
+        os.close(wfd)
+        data = log.read_bytes()
+        seen = set()
+        pos = 0
+        while pos + 4 <= len(data):
+            n = int.from_bytes(data[pos:pos + 4], "big")
+            m = data[pos + 4:pos + 4 + n]
+            pos += 4 + n
+            digest, body = m[:20], m[20:]
+            assert hashlib.sha1(body).digest() == digest, f"round {r}: a torn message"
+            who, seq = body.split(b":")[:2]
+            key = (int(who), int(seq))
+            assert key not in seen, f"round {r}: a message arrived twice"
+            seen.add(key)
+        ch.release()
+
+
+def test_ctrl_c_reaches_a_waiting_main_thread() -> None:
+    child = textwrap.dedent(
+        """
+        import time, gilfree
+        ch = gilfree.ProcessChannel(1)
+        print("ready", flush=True)
+        try:
+            ch.recv()
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), flush=True)
+        ch.release()
+        """
+    )
+    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().split()
+        assert line[0] == "interrupted" and float(line[1]) - t0 < 0.5
+        assert proc.wait(10) == 0
+
+
+def test_a_crashed_creator_leaves_nothing_behind() -> None:
+    """The resource tracker unlinks the shared memory of a process that died without releasing it."""
+    child = "import os, gilfree; ch = gilfree.ProcessChannel(1); print(ch.name, flush=True); os._exit(1)"
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    name = out.stdout.strip().lstrip("/")
+    assert name.startswith("gilfree-")
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/dev/shm/{name}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/dev/shm/{name}")
