@@ -14,14 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#  include <immintrin.h>
-#  define gf_cpu_relax() _mm_pause()
-#elif defined(__aarch64__)
-#  define gf_cpu_relax() __asm__ __volatile__("yield")
-#else
-#  define gf_cpu_relax() ((void)0)
-#endif
 
 /* ---- clock -------------------------------------------------------------------------------------- */
 

@@ -34,6 +34,16 @@
 #include <stdint.h>
 #include <time.h>
 
+/* A pause inside a spin loop (lets the sibling hyperthread run). */
+#if defined(__x86_64__) || defined(__i386__)
+#  include <immintrin.h>
+#  define gf_cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#  define gf_cpu_relax() __asm__ __volatile__("yield")
+#else
+#  define gf_cpu_relax() ((void)0)
+#endif
+
 /* How long a blocked main thread sleeps at most between two checks for signals (Ctrl-C within 100 ms). */
 #define GF_SIGNAL_POLL_NS (50 * 1000 * 1000)
 

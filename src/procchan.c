@@ -34,6 +34,10 @@
  * the word under the mutex, unlocks, and sleeps only if the word still has that value (so no wake-up is
  * lost); a signaler bumps the word under the mutex and wakes. A dead waiter leaves nothing behind.
  *
+ * A waiter first spins for up to PC_SPIN_NS with the mutex free, reading the header's counters atomically
+ * (their writers store them atomically, under the mutex), and sleeps on the futex only if nothing changed:
+ * a peer that is running answers in microseconds, and neither side pays for a wake-up.
+ *
  * Every wait releases the GIL. The main thread waits in slices of GF_SIGNAL_POLL_NS (50 ms) and checks for
  * signals between them (Ctrl-C); so does a wait for the mutex itself, which another process may hold while
  * it copies a large message.
@@ -133,13 +137,13 @@ recover(gf_pc_shared *sh, unsigned char *ring)
         ring_get(sh, ring, pos, &len, 8);
         uint64_t r = rec_size(len);
         if (len > sh->ring_size || pos + r > sh->tail) {
-            sh->tail = pos; /* cannot happen (tail moves only past whole records); be safe */
+            __atomic_store_n(&sh->tail, pos, __ATOMIC_RELEASE); /* cannot happen; be safe */
             break;
         }
         pos += r;
         n++;
     }
-    sh->count = n;
+    __atomic_store_n(&sh->count, n, __ATOMIC_RELEASE);
     pthread_mutex_consistent(&sh->mu);
 }
 
@@ -254,6 +258,39 @@ pc_lock(ProcChanObject *self)
 
 enum { PC_SEND = 0, PC_RECV = 1 };
 
+/* How long a waiter spins (GIL released, mutex free) before it sleeps on the futex: a peer process that
+ * is running usually makes room or a message within microseconds, while sleeping costs a futex wake-up on
+ * both sides. */
+#define PC_SPIN_NS (20 * 1000)
+
+/* Detached, mutex free: spin reading the header (atomically: writers store these fields atomically) until
+ * the operation may proceed, the channel is closed, or PC_SPIN_NS pass. */
+static void
+pc_spin(gf_pc_shared *sh, int kind, uint64_t need)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (unsigned i = 1;; i++) {
+        uint64_t count = __atomic_load_n(&sh->count, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&sh->closed, __ATOMIC_ACQUIRE)) {
+            return;
+        }
+        if (kind == PC_RECV ? count > 0
+                            : count < sh->capacity &&
+                                  sh->ring_size - (__atomic_load_n(&sh->tail, __ATOMIC_ACQUIRE) -
+                                                   __atomic_load_n(&sh->head, __ATOMIC_ACQUIRE)) >= need) {
+            return;
+        }
+        gf_cpu_relax();
+        if ((i & 63) == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((int64_t)(now.tv_sec - start.tv_sec) * 1000000000 + (now.tv_nsec - start.tv_nsec) > PC_SPIN_NS) {
+                return;
+            }
+        }
+    }
+}
+
 /* Attached, mutex held: wait (detached) until the operation can proceed, the channel is closed, or the
  * deadline passes; on the main thread also checks for signals every 50 ms (releasing the mutex for it).
  * `need` is the record size for a send. Returns 0 ready, 1 closed (and, for a recv, empty), -1 error (the
@@ -263,6 +300,7 @@ pc_wait(ProcChanObject *self, int kind, uint64_t need, const gf_deadline *d, int
 {
     gf_pc_shared *sh = self->sh;
     int is_main = PyThread_get_thread_ident() == self->st->main_ident;
+    int spun = 0;
     for (;;) {
         int ready, closed = sh->closed != 0;
         if (kind == PC_SEND) {
@@ -287,6 +325,17 @@ pc_wait(ProcChanObject *self, int kind, uint64_t need, const gf_deadline *d, int
             pthread_mutex_unlock(&sh->mu);
             PyErr_SetString(PyExc_TimeoutError, "timed out");
             return -1;
+        }
+        if (!spun) { /* once per call: spin with the mutex free before sleeping */
+            spun = 1;
+            pthread_mutex_unlock(&sh->mu);
+            Py_BEGIN_ALLOW_THREADS
+            pc_spin(sh, kind, need);
+            Py_END_ALLOW_THREADS
+            if (pc_lock(self) < 0) {
+                return -1;
+            }
+            continue;
         }
         struct timespec at;
         int bounded, polling, rc;
@@ -364,8 +413,8 @@ pc_send_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     ring_put(sh, self->ring, sh->tail + 8, view.buf, len); /* the payload, then the length: then publish */
     ring_put(sh, self->ring, sh->tail, &len, 8);
-    sh->tail += need;
-    sh->count++;
+    __atomic_store_n(&sh->tail, sh->tail + need, __ATOMIC_RELEASE); /* read unlocked only by spinners */
+    __atomic_store_n(&sh->count, sh->count + 1, __ATOMIC_RELEASE);
     wake = sh->recv_waiting > 0;
     if (wake) {
         pc_signal(&sh->not_empty, 1);
@@ -387,8 +436,8 @@ take_head(ProcChanObject *self, void *dst, uint64_t len)
 {
     gf_pc_shared *sh = self->sh;
     ring_get(sh, self->ring, sh->head + 8, dst, len);
-    sh->head += rec_size(len);
-    sh->count--;
+    __atomic_store_n(&sh->head, sh->head + rec_size(len), __ATOMIC_RELEASE);
+    __atomic_store_n(&sh->count, sh->count - 1, __ATOMIC_RELEASE);
     if (sh->send_waiting > 0) {
         pc_signal(&sh->not_full, 1);
     }
@@ -519,7 +568,7 @@ pc_close(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     gf_pc_shared *sh = self->sh;
-    sh->closed = 1;
+    __atomic_store_n(&sh->closed, 1, __ATOMIC_RELEASE);
     pc_signal(&sh->not_empty, INT_MAX);
     pc_signal(&sh->not_full, INT_MAX);
     pthread_mutex_unlock(&sh->mu);
