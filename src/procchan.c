@@ -82,6 +82,9 @@ typedef struct {
     size_t map_size;
     PyObject *name;
     unsigned char *ring;
+    int users;             /* operations in progress on this handle (atomic): see pc_enter */
+    int released;          /* release() was called (atomic) */
+    int unmapped;          /* the mapping is gone (atomic; set once) */
 } ProcChanObject;
 
 #define PC_CAST(op) ((ProcChanObject *)(op))
@@ -225,13 +228,49 @@ pc_deadline_slice(const gf_deadline *d, int is_main, struct timespec *at, int *b
     }
 }
 
-static int
-pc_alive(ProcChanObject *self)
+/* A handle's mapping stays while any thread uses it: every method runs between pc_enter and pc_leave, and
+ * release() only marks the handle; whoever leaves last after that unmaps. (Another thread of this process
+ * may be blocked in recv on the handle when it is released: it finishes normally, then the memory goes.)
+ * Order: an entering thread counts itself in `users` before it reads `released`; release() sets
+ * `released` and then leaves like a user; both sequentially consistent, so either the entering thread
+ * sees `released`, or the last leaver sees its count. `unmapped` makes the unmap happen once. */
+static void
+pc_unmap(ProcChanObject *self)
 {
-    if (self->sh == NULL) {
+    if (__atomic_exchange_n(&self->unmapped, 1, __ATOMIC_SEQ_CST) == 0) {
+        munmap(self->sh, self->map_size);
+        self->sh = NULL;
+        self->ring = NULL;
+    }
+}
+
+static int
+pc_enter(ProcChanObject *self)
+{
+    __atomic_add_fetch(&self->users, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&self->released, __ATOMIC_SEQ_CST)) {
+        if (__atomic_sub_fetch(&self->users, 1, __ATOMIC_SEQ_CST) == 0) {
+            pc_unmap(self);
+        }
         PyErr_SetString(PyExc_ValueError, "this ProcessChannel handle was released");
         return 0;
     }
+    return 1;
+}
+
+static void
+pc_leave(ProcChanObject *self)
+{
+    if (__atomic_sub_fetch(&self->users, 1, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n(&self->released, __ATOMIC_SEQ_CST)) {
+        pc_unmap(self);
+    }
+}
+
+static int
+pc_alive(ProcChanObject *self) /* inside pc_enter/pc_leave: the mapping is there */
+{
+    (void)self;
     return 1;
 }
 
@@ -373,7 +412,7 @@ parse_timeout(PyObject *timeout, gf_deadline *d)
 /* ---- send ---------------------------------------------------------------------------------------- */
 
 static PyObject *
-pc_send_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
+pc_send_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"data", "timeout", "nowait", NULL};
     ProcChanObject *self = PC_CAST(op);
@@ -427,6 +466,17 @@ done:
     return res;
 }
 
+static PyObject *
+pc_send_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    if (!pc_enter(PC_CAST(op))) {
+        return NULL;
+    }
+    PyObject *r = pc_send_bytes_impl(op, args, kwargs);
+    pc_leave(PC_CAST(op));
+    return r;
+}
+
 /* ---- recv ---------------------------------------------------------------------------------------- */
 
 /* Mutex held, count > 0: take the head record into dst (room for len bytes), advance, wake a sender,
@@ -457,7 +507,7 @@ raise_recv_outcome(ProcChanObject *self, int w)
 }
 
 static PyObject *
-pc_recv_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
+pc_recv_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"timeout", "nowait", NULL};
     ProcChanObject *self = PC_CAST(op);
@@ -514,7 +564,18 @@ pc_recv_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-pc_recv_bytes_into(PyObject *op, PyObject *args, PyObject *kwargs)
+pc_recv_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    if (!pc_enter(PC_CAST(op))) {
+        return NULL;
+    }
+    PyObject *r = pc_recv_bytes_impl(op, args, kwargs);
+    pc_leave(PC_CAST(op));
+    return r;
+}
+
+static PyObject *
+pc_recv_bytes_into_impl(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"buffer", "timeout", "nowait", NULL};
     ProcChanObject *self = PC_CAST(op);
@@ -558,10 +619,21 @@ done:
     return res;
 }
 
+static PyObject *
+pc_recv_bytes_into(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    if (!pc_enter(PC_CAST(op))) {
+        return NULL;
+    }
+    PyObject *r = pc_recv_bytes_into_impl(op, args, kwargs);
+    pc_leave(PC_CAST(op));
+    return r;
+}
+
 /* ---- close, release, state -------------------------------------------------------------------------- */
 
 static PyObject *
-pc_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+pc_close_impl(PyObject *op, PyObject *ignored)
 {
     ProcChanObject *self = PC_CAST(op);
     if (!pc_alive(self) || pc_lock(self) < 0) {
@@ -575,23 +647,39 @@ pc_close(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static PyObject *
+pc_close(PyObject *op, PyObject *ignored)
+{
+    if (!pc_enter(PC_CAST(op))) {
+        return NULL;
+    }
+    PyObject *r = pc_close_impl(op, ignored);
+    pc_leave(PC_CAST(op));
+    return r;
+}
+
 /* Detach this handle (unmap); with unlink (the creator's handle) also remove the name, so nothing more can
  * attach: the memory itself goes once every process has unmapped it. Idempotent. */
 static PyObject *
 pc_release_impl(ProcChanObject *self, int unlink)
 {
-    if (self->sh == NULL) {
+    if (!pc_enter(self)) { /* already released: idempotent */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (__atomic_exchange_n(&self->released, 1, __ATOMIC_SEQ_CST)) { /* another thread released it */
+        pc_leave(self);
         Py_RETURN_NONE;
     }
     gf_pc_shared *sh = self->sh;
     if (pc_lock(self) < 0) {
+        __atomic_store_n(&self->released, 0, __ATOMIC_SEQ_CST);
+        pc_leave(self);
         return NULL;
     }
     sh->refs--;
     pthread_mutex_unlock(&sh->mu);
-    munmap(self->sh, self->map_size);
-    self->sh = NULL;
-    self->ring = NULL;
+    pc_leave(self); /* unmaps now, or when the last operation in progress on this handle returns */
     if (unlink) {
         const char *name = PyUnicode_AsUTF8(self->name);
         if (name == NULL) {
@@ -613,7 +701,7 @@ pc_release(PyObject *op, PyObject *args)
 }
 
 static PyObject *
-pc_len(PyObject *op, PyObject *Py_UNUSED(ignored))
+pc_len_impl(PyObject *op, PyObject *ignored)
 {
     ProcChanObject *self = PC_CAST(op);
     if (!pc_alive(self) || pc_lock(self) < 0) {
@@ -625,7 +713,18 @@ pc_len(PyObject *op, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-pc_state(PyObject *op, PyObject *Py_UNUSED(ignored))
+pc_len(PyObject *op, PyObject *ignored)
+{
+    if (!pc_enter(PC_CAST(op))) {
+        return NULL;
+    }
+    PyObject *r = pc_len_impl(op, ignored);
+    pc_leave(PC_CAST(op));
+    return r;
+}
+
+static PyObject *
+pc_state_impl(PyObject *op, PyObject *ignored)
 {
     ProcChanObject *self = PC_CAST(op);
     if (!pc_alive(self) || pc_lock(self) < 0) {
@@ -636,6 +735,17 @@ pc_state(PyObject *op, PyObject *Py_UNUSED(ignored))
                                 "buffer_size", (unsigned long long)sh->ring_size, "count",
                                 (unsigned long long)sh->count, "closed", (int)sh->closed, "refs", sh->refs);
     pthread_mutex_unlock(&sh->mu);
+    return r;
+}
+
+static PyObject *
+pc_state(PyObject *op, PyObject *ignored)
+{
+    if (!pc_enter(PC_CAST(op))) {
+        return NULL;
+    }
+    PyObject *r = pc_state_impl(op, ignored);
+    pc_leave(PC_CAST(op));
     return r;
 }
 
@@ -767,7 +877,7 @@ pc_dealloc(PyObject *op)
 {
     ProcChanObject *self = PC_CAST(op);
     PyTypeObject *tp = Py_TYPE(op);
-    if (self->sh != NULL) { /* the Python layer releases explicitly; this only unmaps */
+    if (!__atomic_load_n(&self->released, __ATOMIC_SEQ_CST)) { /* the Python layer releases explicitly */
         PyObject *r = pc_release_impl(self, 0);
         if (r == NULL) {
             PyErr_WriteUnraisable(op);
@@ -788,7 +898,7 @@ pc_get_name(PyObject *op, void *Py_UNUSED(closure))
 static PyObject *
 pc_get_released(PyObject *op, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(PC_CAST(op)->sh == NULL);
+    return PyBool_FromLong(__atomic_load_n(&PC_CAST(op)->released, __ATOMIC_SEQ_CST));
 }
 
 static PyMethodDef pc_methods[] = {

@@ -16,7 +16,7 @@ import time
 from typing import Any, Iterator
 
 import pytest
-from conftest import SANITIZER, scaled
+from conftest import SANITIZER, Background, scaled
 
 import gilfree
 from gilfree import ChannelClosed, ProcessChannel, WouldBlock
@@ -193,6 +193,21 @@ def test_bad_timeouts_and_released_handles() -> None:
     with pytest.raises(ValueError, match="released"):
         ch.send(1)
     assert "released" in repr(ch)
+
+
+def test_release_while_another_thread_waits_on_the_handle() -> None:
+    """The mapping stays until the operations in progress on the handle return; later ones get ValueError."""
+    for _ in range(scaled(50, 10)):
+        ch: ProcessChannel[int] = ProcessChannel(1)
+        waiters = [Background(ch.recv, 0.05) for _ in range(3)]
+        time.sleep(0.005)
+        ch.release()
+        for w in waiters:
+            with pytest.raises((TimeoutError, ValueError)):
+                w.join()
+        with pytest.raises(ValueError, match="released"):
+            ch.recv_nowait()
+        assert ch._h.released
 
 
 def test_the_gil_is_released_while_waiting() -> None:
