@@ -5,10 +5,13 @@ Scenarios (processes started with fork; medians of --repeat runs with min-max):
   small 4x4    four producers and four consumers, the same
   1 MiB        one producer and one consumer, 1 MiB bytes messages: GB/s, against memcpy in this process
   ping-pong    a round trip between two processes: us
+  pool         gilfree.ProcessPool against concurrent.futures.ProcessPoolExecutor (2 workers, fork), a no-op
+               task: submit N then wait for all (us per task), one at a time (submit, wait: us per round
+               trip), and map over N items (chunksize 1, and 64): us per item
 Baselines: multiprocessing.Queue, multiprocessing.SimpleQueue, multiprocessing.Pipe, and faster-fifo where it
 installs (pip install faster-fifo).
 
-    python benchmarks/bench_process.py [--messages 200000] [--repeat 5] [--json PATH]
+    python benchmarks/bench_process.py [--messages 200000] [--repeat 5] [--only pool] [--json PATH]
 """
 
 from __future__ import annotations
@@ -187,6 +190,36 @@ def memcpy_gbps(size: int = 1 << 20, rounds: int = 200) -> float:
     return size * rounds / (time.perf_counter() - t0) / 1e9
 
 
+def noop(x: Any = None) -> Any:
+    return x
+
+
+def pool_scenarios(n: int) -> dict[str, Callable[[Any], float]]:
+    """us per task of each pool scenario, for an executor e."""
+    def submit_all(e: Any) -> float:
+        t0 = time.perf_counter()
+        for f in [e.submit(noop) for _ in range(n)]:
+            f.result()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    def round_trip(e: Any) -> float:
+        m = max(100, n // 4)
+        t0 = time.perf_counter()
+        for _ in range(m):
+            e.submit(noop).result()
+        return (time.perf_counter() - t0) / m * 1e6
+
+    def map_items(chunksize: int) -> Callable[[Any], float]:
+        def go(e: Any) -> float:
+            t0 = time.perf_counter()
+            for _ in e.map(noop, range(n), chunksize=chunksize):
+                pass
+            return (time.perf_counter() - t0) / n * 1e6
+        return go
+    return {"submit + result": submit_all, "round trip": round_trip, "map": map_items(1),
+            "map chunksize=64": map_items(64)}
+
+
 def med(fn: Callable[[], float], repeat: int) -> dict[str, float]:
     xs = sorted(fn() for _ in range(repeat))
     return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1]}
@@ -197,6 +230,8 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--big", type=int, default=1000, help="1 MiB messages per run")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--pool-tasks", type=int, default=4000)
+    ap.add_argument("--only", choices=["channel", "pool"], help="run only the channel or only the pool scenarios")
     ap.add_argument("--json")
     args = ap.parse_args()
     n, reps = args.messages, args.repeat
@@ -205,8 +240,43 @@ def main() -> int:
 
     def row(scenario: str, name: str, stat: dict[str, float], unit: str) -> None:
         res["rows"].append({"scenario": scenario, "transport": name, "unit": unit, **stat})
-        print(f"  {name:32} {stat['median']:12,.0f} ({stat['min']:,.0f}-{stat['max']:,.0f}) {unit}", flush=True)
+        f = ",.1f" if stat["median"] < 100 else ",.0f"
+        print(f"  {name:40} {stat['median']:12{f}} ({stat['min']:{f}}-{stat['max']:{f}}) {unit}", flush=True)
 
+    def get(s: str, t: str) -> float:
+        return next(r["median"] for r in res["rows"] if r["scenario"] == s and r["transport"] == t)
+
+    if args.only != "pool":
+        channel_scenarios(args, n, reps, row, get)
+    if args.only != "channel":
+        import concurrent.futures as cf
+
+        scen = pool_scenarios(args.pool_tasks)
+        pools = {"concurrent.futures.ProcessPoolExecutor": cf.ProcessPoolExecutor(2, mp_context=CTX),
+                 "gilfree.ProcessPool": gilfree.ProcessPool(2, mp_context=CTX)}
+        try:
+            for e in pools.values():
+                list(e.map(noop, range(200)))  # workers started and warm
+            for name, fn in scen.items():
+                print(f"\npool, {name}, 2 workers, a no-op task: us per task")
+                for pname, e in pools.items():
+                    row(f"pool {name}", pname, med(lambda fn=fn, e=e: fn(e), reps), "us")
+        finally:
+            for e in pools.values():
+                e.shutdown()
+        print("\nratios (medians of this run)")
+        for name in scen:
+            s = f"pool {name}"
+            ratio = get(s, "concurrent.futures.ProcessPoolExecutor") / get(s, "gilfree.ProcessPool")
+            print(f"  {s}: gilfree.ProcessPool takes 1/{ratio:.1f} of ProcessPoolExecutor's time")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+def channel_scenarios(args: Any, n: int, reps: int, row: Callable[..., None], get: Callable[[str, str], float]
+                      ) -> None:
     for label, value in (("an int", 12345), ("100-byte bytes", b"x" * 100)):
         for pairs in (1, 4):
             print(f"\nsmall messages ({label}), {pairs} producer(s) x {pairs} consumer(s): messages/s")
@@ -223,10 +293,6 @@ def main() -> int:
     print("\nping-pong round trip: us")
     row("ping-pong", "gilfree.ProcessChannel pair", med(lambda: ping_pong_gf(20_000) * 1e6, reps), "us")
     row("ping-pong", "multiprocessing.Pipe", med(lambda: ping_pong_pipe(20_000) * 1e6, reps), "us")
-
-    def get(s: str, t: str) -> float:
-        return next(r["median"] for r in res["rows"] if r["scenario"] == s and r["transport"] == t)
-
     print("\nratios (medians of this run)")
     for label in ("an int", "100-byte bytes"):
         for pairs in (1, 4):
@@ -238,10 +304,6 @@ def main() -> int:
     print(f"  1 MiB: {get('1 MiB', GFBytes.name) / get('1 MiB', 'memcpy in one process'):.0%} of memcpy")
     print(f"  ping-pong: {get('ping-pong', 'gilfree.ProcessChannel pair'):.1f} us vs Pipe "
           f"{get('ping-pong', 'multiprocessing.Pipe'):.1f} us")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from ._core import CLOSED, ChannelClosed, WouldBlock, default, select
 from ._future import Future, as_completed, first, gather, wait
 from ._netpoll import readable, wait_readable, wait_writable, writable
 from ._process import ProcessChannel
+from ._procpool import BrokenProcessPool, ProcessPool
 from ._parallel import KernelError, gil_enabled, parallel_for
 from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
@@ -25,6 +26,7 @@ __all__ = [
     "Actor",
     "ActorRef",
     "ActorStopped",
+    "BrokenProcessPool",
     "CLOSED",
     "Cancelled",
     "Channel",
@@ -35,6 +37,7 @@ __all__ = [
     "KernelError",
     "Pipeline",
     "ProcessChannel",
+    "ProcessPool",
     "Supervisor",
     "ThreadPool",
     "Ticker",

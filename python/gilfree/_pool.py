@@ -54,77 +54,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_core._after_fork_child)
 
 
-class _WorkerThread:
-    """What ThreadPoolExecutor._threads holds, for code written against it: a worker's name, and join(),
-    which returns once the pool's workers have all ended (so this one has)."""
-
-    __slots__ = ("_pool", "name")
-
-    def __init__(self, pool: ThreadPool, name: str) -> None:
-        self._pool = weakref.ref(pool)
-        self.name = name
-
-    def join(self, timeout: float | None = None) -> None:
-        pool = self._pool()
-        if pool is not None:
-            pool._join_workers(timeout)
-
-    def is_alive(self) -> bool:
-        pool = self._pool()
-        return pool is not None and pool.stats()["workers"] > 0
-
-    def __repr__(self) -> str:
-        return f"<gilfree worker {self.name!r}>"
-
-
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    return [fn(*args) for args in chunk]
-
-
-class ThreadPool(_core.Pool, cf.Executor):
-    """Native worker threads (up to max_workers, started on demand); a drop-in concurrent.futures.Executor.
-
-    ``ThreadPool(max_workers=None, *, queue_size=0, thread_name_prefix="gilfree", initializer=None,
-    initargs=())``. Default workers: min(32, CPUs + 4), as ThreadPoolExecutor; they start on demand.
-    """
-
-    __module__ = "gilfree"
-
-    def __init__(self, max_workers: int | None = None, *, queue_size: int = 0,
-                 thread_name_prefix: str = "gilfree", initializer: Callable[..., object] | None = None,
-                 initargs: tuple[Any, ...] = ()) -> None:
-        global _exit_hook_installed
-        with _live_lock:
-            _live_pools.add(self)
-            if not _exit_hook_installed:
-                threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
-                _exit_hook_installed = True
-        self._prefix = thread_name_prefix
+class _StreamingMap:
+    """map() for the pools: lazy and streaming, ordered or not, chunked, with a Context. A pool provides
+    submit(), max_workers and _inline_runner() (a function that runs a not-yet-started future's task in the
+    calling thread, or None)."""
 
     if TYPE_CHECKING:
-        # At run time submit is the C method of _core.Pool; this is its type.
-        def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]: ...
+        @property
+        def max_workers(self) -> int: ...
 
-    @property
-    def _threads(self) -> set[_WorkerThread]:
-        """ThreadPoolExecutor's view: the worker threads started so far (they start on demand)."""
-        return {_WorkerThread(self, f"{self._prefix}_{i}") for i in range(self._started)}
+        def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]: ...
 
-    @property
-    def _max_workers(self) -> int:
-        """ThreadPoolExecutor's name for max_workers (read-only)."""
-        return self.max_workers
+    def _inline_runner(self) -> Callable[[cf.Future[Any]], object] | None:
+        return None
 
-    def __repr__(self) -> str:
-        return f"<gilfree.ThreadPool max_workers={self.max_workers} queue_size={self.queue_size}>"
+    def _default_buffersize(self) -> int:
+        return 2 * self.max_workers
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, ordered: bool = True, buffersize: int | None = None,
             ctx: Any = None) -> Iterator[T]:
-        """Like Executor.map, but lazy and streaming: at most ``buffersize`` (default 2 x workers) chunks are
-        in flight. ``ordered=False`` yields in completion order. A task's exception is raised at its
-        position and the pending tasks are cancelled. In order, when the next result's task has not
-        started yet, the consuming thread runs it itself instead of waiting for a worker (with the GIL
+        """Like Executor.map, but lazy and streaming: at most ``buffersize`` chunks are in flight (default:
+        ThreadPool 2 x workers, ProcessPool what its task channel holds, max(64, 2 x workers)). ``ordered=False`` yields in completion order. A task's exception is raised at its
+        position and the pending tasks are cancelled. ThreadPool, in order: when the next result's task has
+        not started yet, the consuming thread runs it itself instead of waiting for a worker (with the GIL
         that saves two hand-offs per item; the workers keep running the rest); not with a timeout. With ``ctx`` (a gilfree.Context), reading the input
         stops and pending tasks are cancelled when the context ends; the iterator then raises ctx.err()."""
         if not callable(fn):
@@ -134,7 +87,7 @@ class ThreadPool(_core.Pool, cf.Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         if buffersize is None:
-            buffersize = 2 * self.max_workers
+            buffersize = self._default_buffersize()
         if isinstance(buffersize, bool) or not isinstance(buffersize, int):
             raise TypeError("buffersize must be an int or None")
         if buffersize < 1:
@@ -199,7 +152,7 @@ class ThreadPool(_core.Pool, cf.Executor):
         more = self._fill(pending, submit_next, buffersize, ctx)
         cancel_hook = _on_context_end(ctx, pending)
 
-        run_inline = self._run_inline
+        run_inline = self._inline_runner()
         # Running a task inline saves two GIL hand-offs per item, which is most of the cost of a tiny task.
         # But on a GIL build the consuming thread then competes for the GIL like one more worker, which
         # makes every other Python thread wait longer for it (the convoy). So it runs inline only while the
@@ -218,7 +171,7 @@ class ThreadPool(_core.Pool, cf.Executor):
                     f = pending.popleft()
                     if inline_skip:
                         inline_skip -= 1
-                    elif end_time is None and not f.done():
+                    elif run_inline is not None and end_time is None and not f.done():
                         t0 = time.perf_counter()
                         run_inline(f)  # not started yet: run it here rather than wait for a worker
                         if not free_threaded and time.perf_counter() - t0 > _INLINE_MAX_S:
@@ -288,6 +241,74 @@ class ThreadPool(_core.Pool, cf.Executor):
                     cancel_hook()
         return results()
 
+
+
+class _WorkerThread:
+    """What ThreadPoolExecutor._threads holds, for code written against it: a worker's name, and join(),
+    which returns once the pool's workers have all ended (so this one has)."""
+
+    __slots__ = ("_pool", "name")
+
+    def __init__(self, pool: ThreadPool, name: str) -> None:
+        self._pool = weakref.ref(pool)
+        self.name = name
+
+    def join(self, timeout: float | None = None) -> None:
+        pool = self._pool()
+        if pool is not None:
+            pool._join_workers(timeout)
+
+    def is_alive(self) -> bool:
+        pool = self._pool()
+        return pool is not None and pool.stats()["workers"] > 0
+
+    def __repr__(self) -> str:
+        return f"<gilfree worker {self.name!r}>"
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in chunk]
+
+
+class ThreadPool(_core.Pool, _StreamingMap, cf.Executor):
+    """Native worker threads (up to max_workers, started on demand); a drop-in concurrent.futures.Executor.
+
+    ``ThreadPool(max_workers=None, *, queue_size=0, thread_name_prefix="gilfree", initializer=None,
+    initargs=())``. Default workers: min(32, CPUs + 4), as ThreadPoolExecutor; they start on demand.
+    """
+
+    __module__ = "gilfree"
+
+    def __init__(self, max_workers: int | None = None, *, queue_size: int = 0,
+                 thread_name_prefix: str = "gilfree", initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        global _exit_hook_installed
+        with _live_lock:
+            _live_pools.add(self)
+            if not _exit_hook_installed:
+                threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
+                _exit_hook_installed = True
+        self._prefix = thread_name_prefix
+
+    if TYPE_CHECKING:
+        # At run time submit is the C method of _core.Pool; this is its type.
+        def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]: ...
+
+    @property
+    def _threads(self) -> set[_WorkerThread]:
+        """ThreadPoolExecutor's view: the worker threads started so far (they start on demand)."""
+        return {_WorkerThread(self, f"{self._prefix}_{i}") for i in range(self._started)}
+
+    @property
+    def _max_workers(self) -> int:
+        """ThreadPoolExecutor's name for max_workers (read-only)."""
+        return self.max_workers
+
+    def _inline_runner(self) -> Callable[[cf.Future[Any]], object] | None:
+        return self._run_inline
+
+    def __repr__(self) -> str:
+        return f"<gilfree.ThreadPool max_workers={self.max_workers} queue_size={self.queue_size}>"
 
 def _drain(box: list[list[Any]]) -> Iterator[Any]:
     """Yield a chunk's results, keeping no reference to those already yielded."""

@@ -5,8 +5,9 @@ execution gains, measured on this machine.
                             [--python OTHER_PYTHON ...] [--json PATH] [--csv PATH] [--plot PATH.png]
 
 Every scenario does the same work under every executor (results checked equal): serial; threading
-(ThreadPoolExecutor); multiprocessing (ProcessPoolExecutor, start method shown); gilfree.ThreadPool running
-Python callables; gilfree native kernels. The work is sized to the machine: every worker of the largest
+(ThreadPoolExecutor); multiprocessing (ProcessPoolExecutor, start method shown); gilfree processes
+(gilfree.ProcessPool, the same start method); gilfree.ThreadPool running Python callables; gilfree native
+kernels. The work is sized to the machine: every worker of the largest
 worker count gets at least 8 tasks, and the serial runs last about 0.2-0.3 s (--full: 1-1.5 s), calibrated
 by a short timed probe. Each figure is the median of the repetitions with min–max; with it: speedup versus
 serial, parallel efficiency (the executor's 1-worker time / (workers x its time)), CPU utilisation (process
@@ -110,7 +111,7 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
     report.machine["plan"] = the_plan.as_dict()
     with tempfile.TemporaryDirectory(prefix="gilfree-bench-") as data_dir:
         scen = _scenarios.build(the_plan, data_dir)
-        total = (len(main_scens) * (1 + 4 * len(ws)) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
+        total = (len(main_scens) * (1 + (len(EXECUTORS) - 1) * len(ws)) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
                  + ("io_sockets" in chosen))
         done = 0
         noisy: list[str] = []

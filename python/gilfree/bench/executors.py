@@ -1,7 +1,8 @@
 """How the work runs: the executor columns, and the per-task overhead of each (``dispatch``).
 
 serial; threading (ThreadPoolExecutor); multiprocessing (ProcessPoolExecutor, the platform's start method;
-``map`` with a chunksize that gives each worker about four chunks, as one should use it); gilfree
+``map`` with a chunksize that gives each worker about four chunks, as one should use it); processes
+(gilfree.ProcessPool, the same start method and chunksize: tasks and results through shared memory); gilfree
 (gilfree.ThreadPool running the same Python callables); native (gilfree.kernels: the same work in C with the
 GIL released throughout).
 """
@@ -16,11 +17,13 @@ from typing import Any, Callable
 from .. import _core
 from .._parallel import parallel_for
 from .._pool import ThreadPool
+from .._procpool import ProcessPool
 from .scenarios import Scenario, Sizes, _noop
 
-EXECUTORS = ["serial", "threading", "multiprocessing", "gilfree", "native"]
+EXECUTORS = ["serial", "threading", "multiprocessing", "processes", "gilfree", "native"]
 LABELS = {"serial": "serial", "threading": "threading", "multiprocessing": "multiprocessing",
-          "gilfree": "gilfree pool", "native": "native kernels"}
+          "processes": "gilfree processes", "gilfree": "gilfree pool", "native": "native kernels"}
+PROCESS_EXECUTORS = ("multiprocessing", "processes")
 PARALLEL = EXECUTORS[1:]
 
 
@@ -31,8 +34,10 @@ def make(ws: list[int]) -> dict[tuple[str, int], Any]:
         for w in ws:
             executors[("threading", w)] = cf.ThreadPoolExecutor(w)
             executors[("multiprocessing", w)] = cf.ProcessPoolExecutor(w)
+            executors[("processes", w)] = ProcessPool(w)
             executors[("gilfree", w)] = ThreadPool(w, thread_name_prefix=f"bench{w}")
-            list(executors[("multiprocessing", w)].map(int, range(w)))  # start the processes now
+            for ex in PROCESS_EXECUTORS:  # start the processes now
+                list(executors[(ex, w)].map(int, range(w)))
     except BaseException:
         shutdown(executors)
         raise
@@ -54,7 +59,7 @@ def runner(s: Scenario, ex: str, w: int, executors: dict[tuple[str, int], Any]
         pool = executors[("gilfree", w)]
         return (lambda: s.native(w, pool)), no_pids
     e = executors[(ex, w)]
-    if ex == "multiprocessing":
+    if ex in PROCESS_EXECUTORS:
         chunk = max(1, len(s.units) // (4 * w))
 
         def pids() -> list[int]:
@@ -94,8 +99,8 @@ def dispatch(sz: Sizes, ws: list[int], executors: dict[tuple[str, int], Any], re
 
     rows.append({"executor": "serial", "workers": 1, **per_task(serial, n)})
     for i, w in enumerate(ws):
-        for ex in ("threading", "multiprocessing", "gilfree"):
-            count = n if ex != "multiprocessing" else max(100, n // 10)
+        for ex in ("threading", "multiprocessing", "processes", "gilfree"):
+            count = n if ex not in PROCESS_EXECUTORS else max(100, n // 10)
             rows.append({"executor": ex, "workers": w, **per_task(submit_all(executors[(ex, w)], count), count)})
         rows.append({"executor": "native", "workers": w, **per_task(chunks(executors[("gilfree", w)], w), n)})
         tick(i + 1)

@@ -14,7 +14,7 @@ from .executors import EXECUTORS, LABELS
 if TYPE_CHECKING:
     from .report import Report
 
-COLORS = {"threading": "tab:orange", "multiprocessing": "tab:green", "gilfree": "tab:blue",
+COLORS = {"threading": "tab:orange", "multiprocessing": "tab:green", "processes": "tab:purple", "gilfree": "tab:blue",
           "native": "tab:red", "serial": "tab:gray"}
 STYLES = ["-", "--", ":", "-."]
 

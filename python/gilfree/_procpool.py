@@ -1,0 +1,662 @@
+"""gilfree.ProcessPool: a concurrent.futures.Executor whose workers are processes, fed through ProcessChannels.
+
+Two shared-memory channels (src/procchan.c) carry the work: ``tasks`` (parent -> workers) and ``results``
+(workers -> parent). One manager thread in the parent receives the results, completes the futures, feeds
+the tasks that did not fit in ``tasks`` and watches the workers.
+
+Wire format. A task is ``<q tid><I n>`` + pickle(fn) (n bytes) + pickle((args, kwargs)): a function that
+pickles by name is pickled once per pool and looked up once per worker (both caches are small); a result is ``<q tid><B kind>`` + pickle of
+the value (kind _OK), of the exception (kind _ERR), or of a text (the control kinds). The id comes first
+and unpickled, so a payload that fails to unpickle still fails the right future. A pickle larger than
+``_INLINE_MAX`` travels in a shared-memory block of its own (``_Big``): the receiver reads and unlinks it.
+
+Lifecycle of a task (what cancel() can stop, as in ProcessPoolExecutor): submit pickles it; it goes
+straight into ``tasks`` when that has room and nothing waits before it, else into ``_overflow``, which the
+manager moves on as the workers take tasks. A task is marked running when it enters ``tasks``: up to
+max(64, 2 x max_workers) of them (enough to keep the workers busy across a round trip); the rest can
+still be cancelled.
+
+Worker lifecycle: every worker that stops on purpose (``tasks`` closed at shutdown, or max_tasks_per_child
+reached) sends a _BYE result first. A worker found dead without one (a crash, os._exit, a signal) breaks the
+pool, as in ProcessPoolExecutor: every pending future fails with BrokenProcessPool, the other workers are
+terminated, and submit raises BrokenProcessPool. Workers also leave when the parent process is gone.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import struct
+import threading
+import time
+import traceback
+import types
+import weakref
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, TypeVar
+
+from . import _core
+from ._core import ChannelClosed, WouldBlock
+from ._future import Future
+from ._pool import _StreamingMap
+from ._process import ProcessChannel
+
+T = TypeVar("T")
+
+__all__ = ["BrokenProcessPool", "ProcessPool"]
+
+_TASK = struct.Struct("<qI")
+_FN_CACHE_MAX = 256
+_BY_NAME = (types.FunctionType, types.BuiltinFunctionType, type)
+_NO_ARGS = pickle.dumps(((), {}), protocol=5)
+_RES = struct.Struct("<qB")
+_OK, _ERR, _BYE, _INIT_FAILED, _WAKE = range(5)
+_INLINE_MAX = 256 * 1024       # a pickle larger than this travels in a shared-memory block of its own
+_POLL_S = 0.05                 # the manager checks the workers at least this often
+_PARENT_CHECK_S = 0.5          # an idle worker checks that its parent is alive this often
+_BUFFER = (1 << 20) + 4096
+_LOGGER = logging.getLogger("concurrent.futures")
+
+_live: weakref.WeakSet[_State] = weakref.WeakSet()
+_live_lock = threading.Lock()
+_exit_hook_installed = False
+
+
+# ---- payloads ---------------------------------------------------------------------------------------------
+
+class _Big:
+    """A pickle too large for the channel ring: the name of the shared-memory block that holds it."""
+
+    __slots__ = ("name", "size")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = name, size
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Big, (self.name, self.size))
+
+    @staticmethod
+    def store(data: bytes) -> bytes:
+        from multiprocessing import shared_memory
+
+        shm = shared_memory.SharedMemory(create=True, size=len(data))
+        try:
+            assert shm.buf is not None
+            shm.buf[: len(data)] = data
+            return pickle.dumps(_Big(shm.name, len(data)), protocol=5)
+        finally:
+            shm.close()
+
+    def take(self) -> bytes:
+        from multiprocessing import shared_memory
+
+        shm = shared_memory.SharedMemory(name=self.name)
+        try:
+            assert shm.buf is not None
+            return bytes(shm.buf[: self.size])
+        finally:
+            shm.close()
+            shm.unlink()
+
+    def discard(self) -> None:
+        try:
+            self.take()
+        except OSError:
+            pass
+
+
+def _dumps(obj: object) -> bytes:
+    data = pickle.dumps(obj, protocol=5)
+    return data if len(data) <= _INLINE_MAX else _Big.store(data)
+
+
+def _loads(data: bytes | memoryview) -> Any:
+    obj = pickle.loads(data)
+    if type(obj) is _Big:
+        obj = pickle.loads(obj.take())
+    return obj
+
+
+def _args_part(task: bytes) -> memoryview:
+    return memoryview(task)[_TASK.size + _TASK.unpack_from(task)[1]:]
+
+
+def _discard_payload(data: bytes | memoryview) -> None:
+    """Free the shared-memory block of a message that will never be read."""
+    try:
+        obj = pickle.loads(data)
+    except Exception:  # noqa: BLE001
+        return
+    if type(obj) is _Big:
+        obj.discard()
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = _RemoteTraceback(tb)
+    return exc
+
+
+class _ExceptionWithTraceback:
+    """An exception and its worker-side traceback text: it unpickles as the exception with the text as its
+    __cause__ (what ProcessPoolExecutor does)."""
+
+    def __init__(self, exc: BaseException, text: str) -> None:
+        self.exc, self.tb = exc, f'\n"""\n{text}"""'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_exc, (self.exc, self.tb))
+
+
+def _error_payload(exc: BaseException) -> bytes:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        return _dumps(_ExceptionWithTraceback(exc, text))
+    except Exception as e:  # noqa: BLE001  (the exception itself does not pickle: send its text)
+        substitute = RuntimeError(f"{type(exc).__name__}: {exc} (the exception could not be pickled: {e!r})")
+        return _dumps(_ExceptionWithTraceback(substitute, text))
+
+
+# ---- the worker process --------------------------------------------------------------------------------
+
+def _parent_alive(ppid: int, owner: int) -> bool:
+    if os.getppid() != ppid:
+        return False
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], owner: int,
+            initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+            max_tasks: int | None) -> None:
+    ppid = os.getppid()
+    pid = os.getpid()
+    th, rh = tasks._h, results._h
+
+    def put(tid: int, kind: int, payload: bytes) -> bool:
+        data = _RES.pack(tid, kind) + payload
+        while True:
+            try:
+                rh.send_bytes(data, _PARENT_CHECK_S)
+                return True
+            except TimeoutError:
+                if not _parent_alive(ppid, owner):
+                    return False
+            except ChannelClosed:
+                return False
+            except KeyboardInterrupt:  # the result must not be lost to a Ctrl-C meant for the parent
+                continue
+
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as e:  # noqa: BLE001
+            _LOGGER.critical("Exception in initializer:", exc_info=True)
+            put(-1, _INIT_FAILED, pickle.dumps(f"{type(e).__name__}: {e}"))
+            return
+    done = 0
+    fns: dict[bytes, Any] = {}
+    while max_tasks is None or done < max_tasks:
+        try:
+            data = th.recv_bytes(_PARENT_CHECK_S)
+        except TimeoutError:
+            if not _parent_alive(ppid, owner):
+                return
+            continue
+        except ChannelClosed:
+            break
+        except KeyboardInterrupt:  # Ctrl-C in the terminal reaches the workers too: the parent decides
+            continue
+        tid, n = _TASK.unpack_from(data)
+        try:
+            key = data[_TASK.size:_TASK.size + n]
+            fn = fns.get(key)
+            if fn is None:
+                fn = pickle.loads(key)
+                if len(fns) >= _FN_CACHE_MAX:
+                    fns.clear()
+                fns[key] = fn
+            args, kwargs = _loads(memoryview(data)[_TASK.size + n:])
+            del data
+            r = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001  (the task's failure is its future's)
+            payload, kind = _error_payload(e), _ERR
+            del e
+        else:
+            try:
+                payload, kind = _dumps(r), _OK
+            except BaseException as e:  # noqa: BLE001  (the result does not pickle)
+                payload, kind = _error_payload(e), _ERR
+                del e
+            del r
+        if not put(tid, kind, payload):
+            return
+        done += 1
+        fn = args = kwargs = None
+    put(-1, _BYE, pickle.dumps(pid))
+
+
+# ---- the parent side -------------------------------------------------------------------------------------
+
+class _State:
+    """Everything the manager thread needs; the ProcessPool object itself may be collected while it runs."""
+
+    def __init__(self, max_workers: int, ctx: Any, initializer: Callable[..., object] | None,
+                 initargs: tuple[Any, ...], max_tasks: int | None) -> None:
+        self.max_workers = max_workers
+        self.ctx = ctx
+        self.initializer, self.initargs, self.max_tasks = initializer, initargs, max_tasks
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.pending: dict[int, Future[Any]] = {}
+        self.overflow: collections.deque[tuple[int, Future[Any], bytes, bool]] = collections.deque()
+        self.next_tid = 0
+        self.fn_cache: dict[Any, bytes] = {}  # functions that pickle by name (a bound method would not)
+        self.shutting_down = False
+        self.broken: str | None = None
+        self.procs: dict[int, Any] = {}
+        self.said_bye: set[int] = set()
+        self.manager: threading.Thread | None = None
+        self.tasks: ProcessChannel[Any] | None = None
+        self.results: ProcessChannel[Any] | None = None
+        self.released = False
+
+    # -- submitting (any thread) --
+
+    def start(self) -> None:
+        """Create the channels, the workers and the manager (on the first submit)."""
+        self.tasks = ProcessChannel(_task_capacity(self.max_workers), buffer_size=_BUFFER)
+        self.results = ProcessChannel(max(64, 4 * self.max_workers), buffer_size=_BUFFER)
+        try:
+            for _ in range(self.max_workers):
+                self.spawn()
+        except BaseException:
+            self.terminate_workers()
+            self.release_channels()
+            raise
+        self.manager = threading.Thread(target=_manage, args=(self,), name="gilfree-processpool-manager",
+                                        daemon=True)
+        self.manager.start()
+
+    def spawn(self) -> None:
+        assert self.tasks is not None and self.results is not None
+        p = self.ctx.Process(target=_worker, args=(self.tasks, self.results, self.pid, self.initializer,
+                                                   self.initargs, self.max_tasks), daemon=True)
+        p.start()
+        self.procs[p.pid] = p
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        f: Future[Any] = Future()
+        with self.lock:
+            if self.broken is not None:
+                raise BrokenProcessPool(self.broken)
+            if self.shutting_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self.manager is None:
+                self.start()
+            tid = self.next_tid
+            self.next_tid = tid + 1
+        try:
+            data = self.pack_task(tid, fn, args, kwargs)
+        except BaseException as e:  # noqa: BLE001  (as ProcessPoolExecutor: the future carries the error)
+            f.set_exception(e)
+            return f
+        with self.lock:
+            if self.broken is not None or self.shutting_down:  # while this one was pickled
+                _discard_payload(_args_part(data))
+                if self.broken is not None:
+                    raise BrokenProcessPool(self.broken)
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self.pending[tid] = f
+            if self.overflow or not self._hand_over(tid, f, data, False):
+                self.overflow.append((tid, f, data, False))
+        return f
+
+    def pack_task(self, tid: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> bytes:
+        fb = self.fn_cache.get(fn) if type(fn) in _BY_NAME else None
+        if fb is None:
+            fb = pickle.dumps(fn, protocol=5)
+            if type(fn) in _BY_NAME and (type(fn) is not types.BuiltinFunctionType
+                                         or isinstance(fn.__self__, types.ModuleType)):
+                if len(self.fn_cache) >= _FN_CACHE_MAX:
+                    self.fn_cache.clear()
+                self.fn_cache[fn] = fb
+        return _TASK.pack(tid, len(fb)) + fb + (_NO_ARGS if not args and not kwargs else _dumps((args, kwargs)))
+
+    def _hand_over(self, tid: int, f: Future[Any], data: bytes, marked: bool) -> bool:
+        """Put one task into ``tasks`` (the lock is held). False if it is full (the task stays pending)."""
+        if not marked and not f.set_running_or_notify_cancel():
+            del self.pending[tid]  # cancelled while it waited: it never runs
+            _discard_payload(_args_part(data))
+            return True
+        assert self.tasks is not None
+        try:
+            self.tasks._h.send_bytes(data, None, True)
+        except WouldBlock:
+            if not marked:
+                self.overflow.appendleft((tid, f, data, True))
+                return True  # queued at the head, already marked running
+            return False
+        return True
+
+    def feed(self) -> None:
+        """Move waiting tasks into ``tasks`` while it has room (manager thread)."""
+        with self.lock:
+            while self.overflow:
+                tid, f, data, marked = self.overflow.popleft()
+                if not self._hand_over(tid, f, data, marked):
+                    self.overflow.appendleft((tid, f, data, True))
+                    return
+
+    def request_shutdown(self, cancel_futures: bool) -> None:
+        cancelled: list[Future[Any]] = []
+        with self.lock:
+            self.shutting_down = True
+            if cancel_futures:
+                while self.overflow:
+                    tid, f, data, marked = self.overflow.pop()
+                    if not marked:
+                        del self.pending[tid]
+                        _discard_payload(_args_part(data))
+                        cancelled.append(f)
+                    else:
+                        self.overflow.appendleft((tid, f, data, marked))
+                        break
+        for f in reversed(cancelled):
+            f.cancel()
+        self.wake()
+
+    def wake(self) -> None:
+        with self.lock:  # release_channels() takes it too: no send on a released handle
+            if self.results is not None and not self.released:
+                try:
+                    self.results._h.send_bytes(_RES.pack(-1, _WAKE), None, True)
+                except (WouldBlock, ChannelClosed):
+                    pass  # full: the manager is awake anyway; closed: it is finishing
+
+    # -- the manager thread --
+
+    def complete(self, data: bytes) -> None:
+        tid, kind = _RES.unpack_from(data)
+        if tid < 0:
+            if kind == _BYE:
+                self.said_bye.add(pickle.loads(memoryview(data)[_RES.size:]))
+            elif kind == _INIT_FAILED:
+                why = pickle.loads(memoryview(data)[_RES.size:])
+                self.break_pool(f"A child process terminated abruptly: its initializer raised {why}")
+            return
+        with self.lock:
+            f = self.pending.pop(tid, None)
+        try:
+            value = _loads(memoryview(data)[_RES.size:])
+        except BaseException as e:  # noqa: BLE001  (the result does not unpickle here)
+            value, kind = e, _ERR
+        if f is None or f.done():
+            return  # the pool broke meanwhile
+        if kind == _OK:
+            f.set_result(value)
+        else:
+            f.set_exception(value)
+
+    def check_workers(self) -> None:
+        """Account for workers that ended: replaced if they retired, the pool broken if they died."""
+        if not self.procs:
+            return
+        sentinels = {p.sentinel: pid for pid, p in self.procs.items()}
+        ended = multiprocessing.connection.wait(list(sentinels), timeout=0)
+        if not ended:
+            return
+        self.drain_results()  # a worker's last words (its _BYE) were sent before it ended
+        for s in ended:
+            pid = sentinels[s]
+            p = self.procs.pop(pid)
+            p.join()
+            if pid in self.said_bye:
+                self.said_bye.discard(pid)
+                if self.broken is None and (not self.shutting_down or self.pending):
+                    self.spawn()  # max_tasks_per_child: a fresh worker takes its place
+            elif self.broken is None:
+                self.break_pool("A process in the process pool was terminated abruptly while the future was "
+                                f"running or pending (pid {pid}, exit code {p.exitcode}).")
+
+    def drain_results(self) -> None:
+        assert self.results is not None
+        while True:
+            try:
+                data = self.results._h.recv_bytes(None, True)
+            except (WouldBlock, ChannelClosed):
+                return
+            self.complete(data)
+
+    def break_pool(self, why: str) -> None:
+        with self.lock:
+            if self.broken is not None:
+                return
+            self.broken = why
+            failed = list(self.pending.values())
+            self.pending.clear()
+            dropped = [data for _, _, data, _ in self.overflow]
+            self.overflow.clear()
+        for data in dropped:
+            _discard_payload(_args_part(data))
+        assert self.tasks is not None and self.results is not None
+        self.tasks.close()
+        self.terminate_workers()
+        self.results.close()
+        while True:  # tasks nobody will run: free their shared-memory blocks
+            try:
+                data = self.tasks._h.recv_bytes(None, True)
+                _discard_payload(_args_part(data))
+            except (WouldBlock, ChannelClosed):
+                break
+        for f in failed:
+            if not f.done():
+                e = BrokenProcessPool(why)
+                try:
+                    f.set_exception(e)
+                except cf.InvalidStateError:
+                    pass
+
+    def terminate_workers(self) -> None:
+        for p in self.procs.values():
+            if p.exitcode is None:
+                p.terminate()
+        for p in self.procs.values():
+            p.join(1.0)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+        self.procs.clear()
+
+    def release_channels(self) -> None:
+        with self.lock:
+            self.released = True
+            for ch in (self.tasks, self.results):
+                if ch is not None:
+                    ch.close()
+                    ch.release()
+
+    def idle_and_done(self) -> bool:
+        with self.lock:
+            return self.shutting_down and not self.pending and not self.overflow
+
+
+def _manage(st: _State) -> None:
+    assert st.tasks is not None and st.results is not None
+    recv = st.results._h.recv_bytes
+    next_check = time.monotonic() + _POLL_S
+    tasks_closed = False
+    try:
+        while st.broken is None:
+            try:
+                data = recv(_POLL_S)
+            except TimeoutError:
+                data = None
+            got = data is not None
+            if got:
+                st.complete(data)  # type: ignore[arg-type]
+            data = None  # no reference to a result once its future has it
+            if st.overflow:
+                st.feed()
+            now = time.monotonic() if got else next_check
+            if now >= next_check:
+                next_check = now + _POLL_S
+                st.check_workers()
+            if st.shutting_down and not tasks_closed and not st.overflow:
+                st.tasks.close()  # the workers finish what is there, say goodbye and leave
+                tasks_closed = True
+            if tasks_closed:
+                st.check_workers()
+                if not st.procs:
+                    st.drain_results()
+                    if st.pending and st.broken is None:
+                        st.break_pool("The process pool's workers ended before every task had finished.")
+                    break
+    except BaseException:  # noqa: BLE001  (a bug here must not leave futures waiting forever)
+        st.break_pool("The process pool's manager thread failed:\n" + traceback.format_exc())
+        raise
+    finally:
+        if st.broken is not None:
+            st.terminate_workers()
+        st.release_channels()
+
+
+def _shutdown_all_at_exit() -> None:
+    with _live_lock:
+        states = list(_live)
+    for st in states:
+        if st.pid == os.getpid():
+            st.request_shutdown(False)
+    for st in states:
+        if st.pid == os.getpid() and st.manager is not None:
+            st.manager.join()
+
+
+def _task_capacity(workers: int) -> int:
+    return max(64, 2 * workers)
+
+
+def _check_int_or_none(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    return value
+
+
+class ProcessPool(_StreamingMap, cf.Executor):
+    """A concurrent.futures.Executor whose workers are processes, fed through shared-memory ProcessChannels.
+
+    ``ProcessPool(max_workers=None, mp_context=None, initializer=None, initargs=(), *,
+    max_tasks_per_child=None)``, as ProcessPoolExecutor: ``max_workers`` defaults to the CPU count;
+    ``mp_context`` is a multiprocessing context (default: the platform's start method; "spawn" when
+    ``max_tasks_per_child`` is set, which cannot be combined with "fork"); ``initializer(*initargs)`` runs
+    in each worker first. The workers start with the first submit.
+
+    - ``submit`` returns a gilfree.Future (works with ``concurrent.futures.wait``/``as_completed`` and
+      ``asyncio.wrap_future``). Arguments, results and exceptions are pickled; a task that cannot be pickled
+      fails its future. An exception keeps the worker's traceback as its ``__cause__``.
+    - ``map(fn, *iterables, timeout=None, chunksize=1, ordered=True, buffersize=None, ctx=None)``: ordered,
+      lazy (at most ``buffersize`` chunks in flight, default max(64, 2 x workers)), as ThreadPool.map.
+    - ``shutdown(wait=True, *, cancel_futures=False)``: submitted tasks finish unless cancelled; idempotent.
+      A task is running (cannot be cancelled) once it is handed to the workers' channel, which holds
+      max(64, 2 x max_workers) tasks; those submitted beyond wait in the parent and can be cancelled.
+    - A worker that dies (a crash, ``os._exit``, a signal) breaks the pool, as with ProcessPoolExecutor:
+      pending futures fail with ``BrokenProcessPool`` and later submits raise it. Nothing hangs.
+    """
+
+    __module__ = "gilfree"
+
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (), *,
+                 max_tasks_per_child: int | None = None) -> None:
+        global _exit_hook_installed
+        workers = _check_int_or_none(max_workers, "max_workers")
+        if workers is None:
+            workers = getattr(os, "process_cpu_count", os.cpu_count)() or 1
+        elif workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        max_tasks = _check_int_or_none(max_tasks_per_child, "max_tasks_per_child")
+        if max_tasks is not None and max_tasks < 1:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if mp_context is None:
+            mp_context = multiprocessing.get_context("spawn" if max_tasks is not None else None)
+        elif not (hasattr(mp_context, "Process") and hasattr(mp_context, "get_start_method")):
+            raise TypeError(f"mp_context must be a multiprocessing context, not {type(mp_context).__name__}")
+        if max_tasks is not None and mp_context.get_start_method() == "fork":
+            raise ValueError("max_tasks_per_child is incompatible with the 'fork' multiprocessing start "
+                             "method; supply a different mp_context.")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        self._s = _State(workers, mp_context, initializer, initargs, max_tasks)
+        self._mp_context = mp_context
+        with _live_lock:
+            _live.add(self._s)
+            if not _exit_hook_installed:
+                threading._register_atexit(_shutdown_all_at_exit)  # type: ignore[attr-defined]
+                _exit_hook_installed = True
+        weakref.finalize(self, _State.request_shutdown, self._s, False)
+
+    @property
+    def max_workers(self) -> int:
+        return self._s.max_workers
+
+    @property
+    def _max_workers(self) -> int:
+        """ProcessPoolExecutor's name for max_workers."""
+        return self._s.max_workers
+
+    @property
+    def _processes(self) -> dict[int, Any]:
+        """ProcessPoolExecutor's view: the worker processes by pid."""
+        return dict(self._s.procs)
+
+    def __repr__(self) -> str:
+        state = ("broken" if self._s.broken is not None else
+                 "shut down" if self._s.shutting_down else "running")
+        return (f"<gilfree.ProcessPool max_workers={self._s.max_workers} "
+                f"{self._mp_context.get_start_method()} {state}>")
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` in a worker process; returns its gilfree.Future."""
+        if not callable(fn):
+            raise TypeError(f"submit() argument 'fn' must be callable, not {type(fn).__name__}")
+        return self._s.submit(fn, args, kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new tasks; the submitted ones finish (``cancel_futures=True`` cancels those not yet handed to
+        a worker). ``wait=True`` returns once every worker has ended. Idempotent."""
+        st = self._s
+        st.request_shutdown(cancel_futures)
+        if wait and st.manager is not None and st.manager is not threading.current_thread():
+            st.manager.join()
+
+    def _inline_runner(self) -> None:
+        return None
+
+    def _default_buffersize(self) -> int:
+        return _task_capacity(self._s.max_workers)  # enough tasks in flight to cover a round trip
+
+
+_ = _core
