@@ -17,7 +17,7 @@ if sys.platform != "linux" and not os.environ.get("GILFREE_ALLOW_UNSUPPORTED_PLA
 
 from setuptools import Extension, setup
 
-SOURCES = ["src/module.c", "src/args.c", "src/process.c", "src/park.c", "src/channel.c", "src/asyncop.c",
+SOURCES = ["src/module.c", "src/args.c", "src/process.c", "src/park.c", "src/ring.c", "src/channel.c", "src/asyncop.c",
            "src/select.c", "src/netpoll.c", "src/procchan.c", "src/future.c", "src/pool.c", "src/parallel.c", "src/kernels.c"]
 
 compile_args = ["-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"]
@@ -57,7 +57,7 @@ setup(
         Extension(
             "gilfree._core",
             sources=SOURCES,
-            depends=["src/gilfree.h", "src/process.h", "src/park.h", "src/channel.h", "src/future.h", "src/parallel.h"],
+            depends=["src/gilfree.h", "src/process.h", "src/park.h", "src/ring.h", "src/channel.h", "src/future.h", "src/parallel.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             libraries=["rt"],  # shm_open (in libc itself since glibc 2.34)

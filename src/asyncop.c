@@ -138,6 +138,7 @@ channel_async_start(ChannelObject *ch, PyObject *value, PyObject *notify)
         a->w.value = v; /* moves in */
         v = NULL;
         gf_waitq_push(a->is_send ? &ch->sendq : &ch->recvq, &a->w);
+        gf_chan_after_queue(ch, &a->w, a->is_send, &wl); /* may complete it at once (see ring.h) */
     }
     else if (r == GF_OK || r == GF_CLOSED) {
         if (r == GF_OK) {

@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 #include <structmember.h>
 
 #define CHANNEL_CAST(op) ((ChannelObject *)(op))
@@ -108,18 +109,51 @@ gf_chan_try_send(ChannelObject *ch, PyObject *v, gf_wakelist *wl)
     if (gf_waitq_fire_first(&ch->recvq, 0, v, wl) != NULL) {
         return GF_OK;
     }
+    GF_ASSERT(ch->recvq.head == NULL); /* fire_first above unlinked every stale waiter */
+    if (ch->ring != NULL) {
+        if (ch->count + (Py_ssize_t)gf_ring_count(ch->ring) >= ch->capacity) {
+            return GF_WOULDBLOCK;
+        }
+        return gf_ring_push(ch->ring, v, 0) == GF_RING_OK ? GF_OK : GF_WOULDBLOCK;
+    }
     if (ch->capacity < 0 || ch->count < ch->capacity) {
-        GF_ASSERT(ch->recvq.head == NULL); /* fire_first above unlinked every stale waiter */
         return ring_push(ch, v) < 0 ? GF_NOMEM : GF_OK;
     }
     return GF_WOULDBLOCK;
+}
+
+/* A channel with a ring, under its lock: take the oldest buffered value (those put back first), or NULL. */
+static inline PyObject *
+ring_take(ChannelObject *ch)
+{
+    if (ch->count > 0) {
+        return ring_pop(ch);
+    }
+    int why;
+    return gf_ring_pop(ch->ring, 0, &why);
 }
 
 int
 gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl)
 {
     gf_waiter *w;
-    if (ch->count > 0) {
+    if (ch->ring != NULL) {
+        PyObject *v = ring_take(ch);
+        if (v != NULL) {
+            *out = v;
+            /* A slot is free: move the first parked sender's value in, keeping its place in line. While a
+             * sender is parked no lock-free send runs (GF_RING_SLOW), so the slot is still free. */
+            if (ch->count + (Py_ssize_t)gf_ring_count(ch->ring) < ch->capacity &&
+                (w = gf_waitq_fire_first(&ch->sendq, 0, NULL, wl)) != NULL) {
+                int rc = gf_ring_push(ch->ring, w->value, 0);
+                GF_ASSERT(rc == GF_RING_OK);
+                (void)rc;
+                w->value = NULL;
+            }
+            return GF_OK;
+        }
+    }
+    else if (ch->count > 0) {
         *out = ring_pop(ch);
         /* A slot is free: move the first parked sender's value in, keeping its place in line. */
         if (ch->count < ch->capacity && (w = gf_waitq_fire_first(&ch->sendq, 0, NULL, wl)) != NULL) {
@@ -136,6 +170,56 @@ gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl)
     return ch->closed ? GF_CLOSED : GF_WOULDBLOCK;
 }
 
+void
+gf_chan_after_queue(ChannelObject *ch, gf_waiter *w, int is_send, gf_wakelist *wl)
+{
+    gf_ring *r = ch->ring;
+    if (r == NULL) {
+        return;
+    }
+    if (!ch->slow) {
+        gf_ring_set(r, r->slow, r->slow);
+        ch->slow = 1;
+    }
+    /* From here on head and tail move only under this lock; positions claimed before may still be in
+     * progress, and gf_ring_pop / gf_ring_push wait those out. */
+    if (atomic_load_explicit(&w->sel->state, memory_order_acquire) != GF_PENDING) {
+        return; /* the caller's operation already fired (on an earlier case of its select) */
+    }
+    if (!is_send) {
+        if (ch->count > 0 || gf_ring_count(r) == 0) {
+            return;
+        }
+        int why;
+        PyObject *v = gf_ring_pop(r, 0, &why);
+        if (v == NULL) {
+            return;
+        }
+        if (!gf_sel_claim(w->sel)) { /* cannot happen: the caller owns the operation and holds the locks */
+            GF_ASSERT(0);
+            (void)ring_push_front(ch, v);
+            return;
+        }
+        gf_waitq_unlink(&ch->recvq, w);
+        gf_sel_fire(w->sel, w->index, 0, v, wl);
+    }
+    else {
+        if (ch->closed || ch->count + (Py_ssize_t)gf_ring_count(r) >= ch->capacity) {
+            return;
+        }
+        if (!gf_sel_claim(w->sel)) {
+            GF_ASSERT(0);
+            return;
+        }
+        int rc = gf_ring_push(r, w->value, 0);
+        GF_ASSERT(rc == GF_RING_OK);
+        (void)rc;
+        w->value = NULL;
+        gf_waitq_unlink(&ch->sendq, w);
+        gf_sel_fire(w->sel, w->index, 0, NULL, wl);
+    }
+}
+
 int
 gf_chan_put_back(ChannelObject *ch, PyObject *v)
 {
@@ -143,8 +227,15 @@ gf_chan_put_back(ChannelObject *ch, PyObject *v)
     gf_wakelist_init(&wl);
     int rc = 0;
     gf_chan_lock(ch);
-    if ((ch->count > 0 || gf_waitq_fire_first(&ch->recvq, 0, v, &wl) == NULL) && ring_push_front(ch, v) < 0) {
-        rc = -1;
+    Py_ssize_t buffered = ch->count + (ch->ring != NULL ? (Py_ssize_t)gf_ring_count(ch->ring) : 0);
+    if (buffered > 0 || gf_waitq_fire_first(&ch->recvq, 0, v, &wl) == NULL) {
+        if (ch->ring != NULL && !ch->slow) { /* before it is there: no lock-free receive may pass it */
+            gf_ring_set(ch->ring, ch->ring->slow, ch->ring->slow);
+            ch->slow = 1;
+        }
+        if (ring_push_front(ch, v) < 0) {
+            rc = -1;
+        }
     }
     gf_chan_unlock(ch);
     gf_wakelist_run(&wl);
@@ -192,6 +283,74 @@ annotate_sent(Py_ssize_t sent)
 static PyObject *channel_send(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
 static PyObject *channel_recv(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
 
+/* ---- spinning before parking ------------------------------------------------------------------- */
+
+/* A blocking send that finds the ring full (a receive that finds it empty) retries the lock-free operation
+ * for up to GF_RING_SPIN_NS before it parks, when threads run in parallel (a free-threaded build): a
+ * running peer usually makes room (a value) within that, and parking costs both sides far more (the
+ * parker's waiter sends every operation through the lock until it is woken). With the GIL the peer cannot
+ * run while this thread holds it: no spin. */
+#ifndef GF_RING_SPIN_NS
+#define GF_RING_SPIN_NS 4000
+#endif
+#ifdef Py_GIL_DISABLED
+static inline int64_t
+ring_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int
+ring_spin_push(gf_ring *r, PyObject *v)
+{
+    int64_t start = ring_now_ns();
+    for (unsigned i = 1;; i++) {
+        gf_cpu_relax();
+        int rc = gf_ring_push(r, v, r->flags);
+        if (rc != GF_RING_FULL) {
+            return rc;
+        }
+        if ((i & 15) == 0 && ring_now_ns() - start > GF_RING_SPIN_NS) {
+            return rc;
+        }
+    }
+}
+
+static PyObject *
+ring_spin_pop(gf_ring *r)
+{
+    int64_t start = ring_now_ns();
+    for (unsigned i = 1;; i++) {
+        gf_cpu_relax();
+        int why = GF_RING_FLAGGED;
+        PyObject *v = gf_ring_pop(r, r->slow, &why);
+        if (v != NULL || why != GF_RING_EMPTY) {
+            return v;
+        }
+        if ((i & 15) == 0 && ring_now_ns() - start > GF_RING_SPIN_NS) {
+            return NULL;
+        }
+    }
+}
+#else
+static inline int
+ring_spin_push(gf_ring *r, PyObject *v)
+{
+    (void)r;
+    (void)v;
+    return GF_RING_FULL;
+}
+
+static inline PyObject *
+ring_spin_pop(gf_ring *r)
+{
+    (void)r;
+    return NULL;
+}
+#endif
+
 /* ---- one-channel operations through the engine ------------------------------------------------- */
 
 /* Send one owned value (consumed). 0 sent; 1 would block (nowait); -1 error (ChannelClosed raised here).
@@ -199,6 +358,15 @@ static PyObject *channel_recv(PyObject *, PyObject *const *, Py_ssize_t, PyObjec
 static int
 channel_send_one(ChannelObject *ch, PyObject *value, int block, const gf_deadline *d)
 {
+    if (ch->ring != NULL) {
+        int rc = gf_ring_push(ch->ring, value, ch->ring->flags);
+        if (rc == GF_RING_FULL && block) {
+            rc = ring_spin_push(ch->ring, value);
+        }
+        if (rc == GF_RING_OK) {
+            return 0; /* the fast path: nobody parked, room in the ring */
+        }
+    }
     gf_wakelist wl;
     gf_wakelist_init(&wl);
     gf_chan_lock(ch);
@@ -240,9 +408,20 @@ channel_send_one(ChannelObject *ch, PyObject *value, int block, const gf_deadlin
 static PyObject *
 channel_recv_core(ChannelObject *ch, int block, const gf_deadline *d, int *status)
 {
+    PyObject *v = NULL;
+    if (ch->ring != NULL) {
+        int why = GF_RING_FLAGGED;
+        v = gf_ring_pop(ch->ring, ch->ring->slow, &why);
+        if (v == NULL && why == GF_RING_EMPTY && block) {
+            v = ring_spin_pop(ch->ring);
+        }
+        if (v != NULL) { /* the fast path: nobody parked, nothing put back, a value in the ring */
+            *status = GF_OK;
+            return v;
+        }
+    }
     gf_wakelist wl;
     gf_wakelist_init(&wl);
-    PyObject *v = NULL;
     gf_chan_lock(ch);
     int r = gf_chan_try_recv(ch, &v, &wl);
     gf_chan_unlock(ch);
@@ -309,6 +488,9 @@ channel_traverse(PyObject *op, visitproc visit, void *arg)
     for (Py_ssize_t i = 0; i < ch->count; i++) {
         Py_VISIT(ch->buf[(ch->head + i) & (ch->bufsize - 1)]);
     }
+    if (ch->ring != NULL) {
+        return gf_ring_traverse(ch->ring, visit, arg);
+    }
     return 0;
 }
 
@@ -329,6 +511,14 @@ channel_drop_buffer(ChannelObject *ch)
         Py_DECREF(buf[(head + i) & (size - 1)]);
     }
     PyMem_RawFree(buf);
+    if (ch->ring != NULL) {
+        /* Only when the channel is unreachable (tp_clear, dealloc): no operation can be in progress. */
+        int why;
+        PyObject *v;
+        while ((v = gf_ring_pop(ch->ring, 0, &why)) != NULL) {
+            Py_DECREF(v);
+        }
+    }
 }
 
 static int
@@ -351,6 +541,9 @@ channel_dealloc(PyObject *op)
     /* No waiter can be queued: each holds a reference to the channel while it waits. */
     if (ch->lock_init) {
         pthread_mutex_destroy(&ch->lock);
+    }
+    if (ch->ring != NULL) {
+        gf_ring_free(ch->ring);
     }
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -400,6 +593,13 @@ channel_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     ch->lock_init = 1;
     ch->capacity = capacity;
+    if (capacity > 0 && capacity <= GF_RING_MAX_CAP) {
+        ch->ring = gf_ring_new((size_t)capacity);
+        if (ch->ring == NULL) {
+            Py_DECREF(ch);
+            return PyErr_NoMemory();
+        }
+    }
     return (PyObject *)ch;
 }
 
@@ -476,6 +676,19 @@ send_batch(ChannelObject *ch, PyObject *const *items, Py_ssize_t n, const gf_dea
 {
     Py_ssize_t i = 0;
     while (i < n) {
+        if (ch->ring != NULL) { /* the fast path: claim a run of slots with one CAS */
+            for (Py_ssize_t j = i; j < n; j++) {
+                Py_INCREF(items[j]); /* before a receiver can see them */
+            }
+            size_t k = gf_ring_push_many(ch->ring, items + i, (size_t)(n - i), ch->ring->flags);
+            for (Py_ssize_t j = i + (Py_ssize_t)k; j < n; j++) {
+                Py_DECREF(items[j]); /* not sent: the caller still holds them */
+            }
+            i += (Py_ssize_t)k;
+            if (i == n) {
+                break;
+            }
+        }
         gf_wakelist wl;
         gf_wakelist_init(&wl);
         int r = GF_OK;
@@ -596,14 +809,19 @@ take_available(ChannelObject *ch, PyObject *list, Py_ssize_t want)
     while (want > 0) {
         PyObject *got[RECV_BATCH];
         Py_ssize_t room = want < RECV_BATCH ? want : RECV_BATCH, ngot = 0;
-        gf_wakelist wl;
-        gf_wakelist_init(&wl);
-        gf_chan_lock(ch);
-        while (ngot < room && gf_chan_try_recv(ch, &got[ngot], &wl) == GF_OK) {
-            ngot++;
+        if (ch->ring != NULL) { /* the fast path: claim a run of values with one CAS */
+            ngot = (Py_ssize_t)gf_ring_pop_many(ch->ring, got, (size_t)room, ch->ring->slow);
         }
-        gf_chan_unlock(ch);
-        gf_wakelist_run(&wl);
+        if (ngot == 0) {
+            gf_wakelist wl;
+            gf_wakelist_init(&wl);
+            gf_chan_lock(ch);
+            while (ngot < room && gf_chan_try_recv(ch, &got[ngot], &wl) == GF_OK) {
+                ngot++;
+            }
+            gf_chan_unlock(ch);
+            gf_wakelist_run(&wl);
+        }
         if (ngot > 0) {
             /* The references move into a new list; an empty result list takes that list's items. */
             PyObject *part = PyList_New(ngot);
@@ -715,6 +933,9 @@ channel_close(PyObject *op, PyObject *Py_UNUSED(ignored))
     gf_chan_lock(ch);
     if (!ch->closed) {
         ch->closed = 1;
+        if (ch->ring != NULL) {
+            gf_ring_set(ch->ring, ch->ring->closed, 0); /* lock-free sends stop; receives still drain */
+        }
         /* Receivers parked here: the buffer is empty, so each sees the close. Senders keep their value. */
         while (gf_waitq_fire_first(&ch->recvq, 1, NULL, &wl) != NULL) {
         }
@@ -765,7 +986,7 @@ channel_length(PyObject *op)
 {
     ChannelObject *ch = CHANNEL_CAST(op);
     gf_chan_lock(ch);
-    Py_ssize_t n = ch->count;
+    Py_ssize_t n = ch->count + (ch->ring != NULL ? (Py_ssize_t)gf_ring_count(ch->ring) : 0);
     gf_chan_unlock(ch);
     return n;
 }
@@ -778,7 +999,8 @@ channel_sizeof(PyObject *op, PyObject *Py_UNUSED(ignored))
     gf_chan_lock(ch);
     Py_ssize_t slots = ch->bufsize;
     gf_chan_unlock(ch);
-    return PyLong_FromSsize_t(Py_TYPE(op)->tp_basicsize + slots * (Py_ssize_t)sizeof(PyObject *));
+    Py_ssize_t ring = ch->ring != NULL ? (Py_ssize_t)(sizeof(gf_ring) + ch->ring->cap * sizeof(gf_slot)) : 0;
+    return PyLong_FromSsize_t(Py_TYPE(op)->tp_basicsize + slots * (Py_ssize_t)sizeof(PyObject *) + ring);
 }
 
 static Py_ssize_t
@@ -827,7 +1049,7 @@ channel_repr(PyObject *op)
 {
     ChannelObject *ch = CHANNEL_CAST(op);
     gf_chan_lock(ch);
-    Py_ssize_t count = ch->count;
+    Py_ssize_t count = ch->count + (ch->ring != NULL ? (Py_ssize_t)gf_ring_count(ch->ring) : 0);
     int closed = ch->closed;
     gf_chan_unlock(ch);
     PyObject *module = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__module__");

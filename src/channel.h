@@ -12,6 +12,7 @@
 
 #include "gilfree.h"
 #include "park.h"
+#include "ring.h"
 
 typedef struct ChannelObject {
     PyObject_HEAD
@@ -22,10 +23,14 @@ typedef struct ChannelObject {
     pthread_mutex_t lock;
     int lock_init;
     Py_ssize_t capacity;    /* 0 unbuffered, > 0 bounded, -1 unbounded */
-    PyObject **buf;         /* ring of owned references; size bufsize, a power of two, or NULL */
+    PyObject **buf;         /* ring of owned references; size bufsize, a power of two, or NULL. With `ring`:
+                               only the values put back in front (they come before the ring's) */
     Py_ssize_t bufsize;
     Py_ssize_t head;        /* index of the oldest value */
-    Py_ssize_t count;       /* values buffered; <= capacity when bounded */
+    Py_ssize_t count;       /* values in buf; <= capacity when bounded */
+    gf_ring *ring;          /* bounded channels up to GF_RING_MAX_CAP: the lock-free ring (ring.h), which
+                               the fast path uses without the lock; NULL otherwise */
+    int slow;               /* GF_RING_SLOW is set on ring's head and tail (mirror, under lock) */
     int closed;
     gf_waitq recvq;         /* parked receivers; claimable ones only while count == 0 */
     gf_waitq sendq;         /* parked senders; claimable ones only while the buffer is full */
@@ -36,12 +41,43 @@ typedef struct ChannelObject {
 enum { GF_OK = 0, GF_WOULDBLOCK = 1, GF_CLOSED = 2, GF_NOMEM = 3 };
 
 static inline void gf_chan_lock(ChannelObject *ch) { pthread_mutex_lock(&ch->lock); }
-static inline void gf_chan_unlock(ChannelObject *ch) { pthread_mutex_unlock(&ch->lock); }
+
+/* Under ch->lock, a channel with a ring: set GF_RING_SLOW (every operation takes the lock) while a waiter
+ * is queued or a value put back waits in front, clear it otherwise. */
+static inline void
+gf_chan_sync_slow(ChannelObject *ch)
+{
+    int want = ch->recvq.head != NULL || ch->sendq.head != NULL || ch->count > 0;
+    if (want != ch->slow) {
+        if (want) {
+            gf_ring_set(ch->ring, ch->ring->slow, ch->ring->slow);
+        }
+        else {
+            gf_ring_clear(ch->ring, ch->ring->slow, ch->ring->slow);
+        }
+        ch->slow = want;
+    }
+}
+
+static inline void
+gf_chan_unlock(ChannelObject *ch)
+{
+    if (ch->ring != NULL) {
+        gf_chan_sync_slow(ch);
+    }
+    pthread_mutex_unlock(&ch->lock);
+}
 
 /* Under ch->lock. On GF_OK the owned reference `v` has moved into the channel or to a receiver. */
 int gf_chan_try_send(ChannelObject *ch, PyObject *v, gf_wakelist *wl);
 /* Under ch->lock. On GF_OK *out is a new (moved) reference. */
 int gf_chan_try_recv(ChannelObject *ch, PyObject **out, gf_wakelist *wl);
+
+/* Under ch->lock, right after queueing waiter w (a send case if is_send) on ch: with a ring, announce the
+ * waiter to the lock-free operations (GF_RING_SLOW), then complete w's operation at once if a lock-free
+ * operation made that possible just before (a value arrived, a slot was freed): see ring.h. Fires only a
+ * still pending operation; the caller owns it and holds the lock of every channel it is queued on. */
+void gf_chan_after_queue(ChannelObject *ch, gf_waiter *w, int is_send, gf_wakelist *wl);
 
 /* Put a received value back in front of the channel (a parked receiver gets it at once), as if it had
  * never been taken. Locks the channel itself; attached, no lock held. 0 done (the reference moved in),

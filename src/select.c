@@ -277,8 +277,12 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
         c->value = NULL;
         w->linked = 0;
         gf_waitq_push(c->is_send ? &c->ch->sendq : &c->ch->recvq, w);
+        /* A bounded channel's lock-free operations must see the waiter, and one that made this case ready
+         * just before must not be missed: then the case fires here (see ring.h). */
+        gf_chan_after_queue(c->ch, w, c->is_send, &wl);
     }
     unlock_all(cases, order, m);
+    gf_wakelist_run(&wl); /* our own operation, if it fired above */
 
     int w = gf_wait_ex(st, &sel, d, 1);
     enum { FIRED, TIMED_OUT, RAISED, FD } outcome = w == GF_WAIT_FIRED || w == GF_WAIT_FIRED_RAISED ? FIRED
