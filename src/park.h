@@ -50,7 +50,9 @@
 /* How long a waiter spins (GIL released) before it sleeps on its condition variable. A peer thread that
  * is running usually answers a rendezvous within a few microseconds, while a sleep and wake-up through the
  * kernel costs tens of microseconds (more in a VM). Short enough that a lone waiter burns almost nothing. */
+#ifndef GF_SPIN_NS
 #define GF_SPIN_NS (20 * 1000)
+#endif
 
 enum { GF_PENDING = 0, GF_FIRED = 1, GF_WITHDRAWN = 2 };
 
