@@ -101,7 +101,9 @@ PyObject *gf_channel_async_recv(PyObject *self, PyObject *notify);
 /* 1 if `bound` is a channel's bound recv, 2 if its bound send (*ch set, borrowed), else 0. */
 int gf_channel_case_kind(gf_state *st, PyObject *bound, ChannelObject **ch);
 
-/* ---- the engine (select.c) ---------------------------------------------------------------------- */
+/* ---- the engine (engine.c) ---------------------------------------------------------------------- */
+
+#define GF_SMALL_SELECT 8  /* cases an engine run or a select handles without allocating */
 
 typedef struct gf_case {
     ChannelObject *ch;  /* NULL: a case that is never ready (Go's nil channel), or an fd case */

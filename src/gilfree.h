@@ -4,7 +4,7 @@
  * module state (gf_state), reached from a module object or, for instances, through the pointer each
  * object caches when it is created (an instance keeps its heap type alive, the type keeps the module).
  *
- * Dependencies point one way: module.c -> channel.c, select.c -> park.c.
+ * Dependencies point one way: module.c -> channel.c, select.c -> engine.c -> chancore.c -> ring.c, park.c.
  */
 #ifndef GILFREE_H
 #define GILFREE_H

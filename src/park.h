@@ -16,7 +16,7 @@
  *   - Waiter queues are changed only under their channel's lock, by a thread with an attached thread state
  *     (so the GC, which runs attached, sees them consistent); `linked` says whether a waiter is queued.
  *
- * Example usage (the engine in select.c does this):
+ * Example usage (the engine in engine.c does this):
  *     gf_sel s; gf_sel_init(&s);
  *     ... lock channel(s), enqueue waiters pointing at &s, unlock ...
  *     Py_BEGIN_ALLOW_THREADS  r = gf_park(&s, &deadline, is_main);  Py_END_ALLOW_THREADS
