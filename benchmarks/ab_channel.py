@@ -24,43 +24,15 @@ from typing import Any, Callable
 N = 200_000
 
 
-def _spsc(put: Callable[[int], object], get: Callable[[], object], n: int = N) -> float:
-    def produce() -> None:
-        for i in range(n):
-            put(i)
-
-    t = threading.Thread(target=produce)
-    t0 = time.perf_counter()
-    t.start()
-    for _ in range(n):
-        get()
-    dt = time.perf_counter() - t0
-    t.join()
-    return dt / n * 1e9
-
-
-def _mpmc(put: Callable[[int], object], get: Callable[[], object], n: int = N, k: int = 4) -> float:
-    per = n // k
-
-    def produce() -> None:
-        for i in range(per):
-            put(i)
-
-    def consume() -> None:
-        for _ in range(per):
-            get()
-
-    ts = [threading.Thread(target=produce) for _ in range(k)] + [threading.Thread(target=consume) for _ in range(k)]
-    t0 = time.perf_counter()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return (time.perf_counter() - t0) / (per * k) * 1e9
-
-
 def _child() -> dict[str, float]:
     import gilfree
+    from gilfree.bench.measure import mpmc_seconds, spsc_seconds
+
+    def _spsc(put: Callable[[int], object], get: Callable[[], object]) -> float:
+        return spsc_seconds(put, get, N) / N * 1e9
+
+    def _mpmc(put: Callable[[int], object], get: Callable[[], object]) -> float:
+        return mpmc_seconds(put, get, N, 4) / N * 1e9
 
     def batched(n: int = N, b: int = 64) -> float:
         ch: gilfree.Channel[int] = gilfree.Channel(1024)

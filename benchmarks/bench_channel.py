@@ -27,6 +27,7 @@ import time
 from typing import Callable
 
 import gilfree
+from gilfree.bench.measure import mpmc_seconds, spsc_seconds
 
 CAPACITY: int | None = 1024
 BATCH = 64
@@ -37,19 +38,7 @@ BATCH = 64
 
 def spsc(put: Callable[[int], object], get: Callable[[], object], n: int) -> float:
     """Seconds for one producer thread to put n items and this thread to get them."""
-
-    def produce() -> None:
-        for i in range(n):
-            put(i)
-
-    t = threading.Thread(target=produce)
-    t0 = time.perf_counter()
-    t.start()
-    for _ in range(n):
-        get()
-    dt = time.perf_counter() - t0
-    t.join()
-    return dt
+    return spsc_seconds(put, get, n)
 
 
 def spsc_channel(n: int) -> float:
@@ -62,26 +51,9 @@ def spsc_simplequeue(n: int) -> float:
     return spsc(q.put, q.get, n)
 
 
-def mpmc(put: Callable[[int], object], get: Callable[[], object], n: int, k: int = 4) -> float:
-    """Seconds for k producer threads to put n items in all and k consumer threads to get them."""
-    per = n // k
-
-    def produce() -> None:
-        for i in range(per):
-            put(i)
-
-    def consume() -> None:
-        for _ in range(per):
-            get()
-
-    threads = [threading.Thread(target=produce) for _ in range(k)] + [threading.Thread(target=consume)
-                                                                     for _ in range(k)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return (time.perf_counter() - t0) * n / (per * k)
+def mpmc(put: Callable[[int], object], get: Callable[[], object], n: int) -> float:
+    """Seconds for 4 producer threads to put n items in all and 4 consumer threads to get them."""
+    return mpmc_seconds(put, get, n, 4)
 
 
 def mpmc_channel(n: int) -> float:

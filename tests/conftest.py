@@ -53,3 +53,52 @@ def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
     while not pred():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.001)
+
+
+def interrupt_child(child: str, *, within: float = 0.5, settle: float = 0.2, new_session: bool = False
+                    ) -> list[str]:
+    """Run `child` (Python source) in a subprocess; once it prints "ready", wait `settle` seconds (it
+    blocks meanwhile) and send it SIGINT, as Ctrl-C would. The child must then print "interrupted
+    <time.monotonic()> ..." and exit 0: asserts it did, within `within` seconds of the signal, and returns
+    the line's remaining fields."""
+    import signal
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                          start_new_session=new_session) as proc:
+        assert proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(settle)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            line = proc.stdout.readline().split()
+            assert line and line[0] == "interrupted", line
+            assert float(line[1]) - t0 < within  # CLOCK_MONOTONIC is system-wide on Linux
+            assert proc.wait(30) == 0
+            return line[2:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def shm_names(prefixes: tuple[str, ...] = ("gilfree-", "psm_")) -> set[str]:
+    """The POSIX shared-memory objects in /dev/shm whose names start with one of `prefixes`."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(prefixes)}
+
+
+@pytest.fixture()
+def dev_shm_clean() -> Any:
+    """Fails the test if it leaves shared memory of gilfree's (or multiprocessing.shared_memory's) behind
+    (objects a crashed process left are cleaned by the resource tracker, so this waits for it a little)."""
+    before = shm_names()
+    yield
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while shm_names() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert shm_names() - before == set(), "shared memory left in /dev/shm"

@@ -48,7 +48,8 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     for c in cells:
         assert c["probe_p99_ms"] >= c["probe_p50_ms"] >= 0
     assert {r["name"] for r in report["messages"]} == {"gilfree.Channel(1024)", "queue.Queue(1024)",
-                                                       "multiprocessing.Queue(1024)"}
+                                                       "multiprocessing.Queue(1024)",
+                                                       "gilfree.ProcessChannel(1024)"}
     assert {r["executor"] for r in report["dispatch"]} == set(bench.EXECUTORS)
     servers = {r["server"] for r in report["io_sockets"]}
     assert {"gilfree", "asyncio", "threading"} <= servers

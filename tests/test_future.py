@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import Background, wait_until
+from conftest import Background, interrupt_child, wait_until
 
 import gilfree
 from gilfree import Future
@@ -329,15 +329,7 @@ def test_ctrl_c_during_result() -> None:
             print("interrupted", time.monotonic(), flush=True)
         """
     )
-    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        line = proc.stdout.readline().split()
-        assert line[0] == "interrupted" and float(line[1]) - t0 < 0.5
-        assert proc.wait(10) == 0
+    interrupt_child(child)
 
 
 def test_long_then_chains_on_a_pool_and_standalone() -> None:

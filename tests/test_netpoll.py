@@ -5,10 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import resource
-import signal
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,7 +13,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 import pytest
-from conftest import SANITIZER, Background, wait_until
+from conftest import SANITIZER, Background, interrupt_child, wait_until
 
 import gilfree
 from gilfree import Channel, default, readable, select, wait_readable, wait_writable, writable
@@ -273,15 +270,7 @@ def test_ctrl_c_reaches_a_waiting_main_thread() -> None:
             print("interrupted", time.monotonic(), flush=True)
         """
     )
-    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        line = proc.stdout.readline().split()
-        assert line[0] == "interrupted" and float(line[1]) - t0 < 0.5
-        assert proc.wait(10) == 0
+    interrupt_child(child)
 
 
 @pytest.mark.skipif(SANITIZER == "thread", reason="TSan cannot start threads in a forked child")

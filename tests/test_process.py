@@ -16,30 +16,14 @@ import time
 from typing import Any, Iterator
 
 import pytest
-from conftest import SANITIZER, Background, scaled
+from conftest import SANITIZER, Background, interrupt_child, scaled
 
 import gilfree
 from gilfree import ChannelClosed, ProcessChannel, WouldBlock
 
 # Worker processes start without the sanitizer runtime (or with it, under fork): the plain build covers them.
 multiproc = pytest.mark.skipif(bool(SANITIZER), reason="worker processes under a sanitizer")
-
-
-def shm_names() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("gilfree-")}
-
-
-@pytest.fixture(autouse=True)
-def dev_shm_clean() -> Iterator[None]:
-    before = shm_names()
-    yield
-    import gc
-
-    gc.collect()
-    deadline = time.monotonic() + 5
-    while shm_names() - before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert shm_names() - before == set(), "shared memory left in /dev/shm"
+pytestmark = pytest.mark.usefixtures("dev_shm_clean")
 
 
 # ---- in one process ---------------------------------------------------------------------------------------
@@ -385,15 +369,7 @@ def test_ctrl_c_reaches_a_waiting_main_thread() -> None:
         ch.release()
         """
     )
-    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        line = proc.stdout.readline().split()
-        assert line[0] == "interrupted" and float(line[1]) - t0 < 0.5
-        assert proc.wait(10) == 0
+    interrupt_child(child)
 
 
 def test_a_crashed_creator_leaves_nothing_behind() -> None:

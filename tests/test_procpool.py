@@ -18,16 +18,13 @@ import time
 from typing import Any, Iterator
 
 import pytest
-from conftest import SANITIZER, scaled
+from conftest import SANITIZER, interrupt_child, scaled
 
 import gilfree
 from gilfree import BrokenProcessPool, ProcessPool
 
-pytestmark = pytest.mark.skipif(bool(SANITIZER), reason="worker processes under a sanitizer")
-
-
-def shm_names() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(("gilfree-", "psm_"))}
+pytestmark = [pytest.mark.skipif(bool(SANITIZER), reason="worker processes under a sanitizer"),
+              pytest.mark.usefixtures("dev_shm_clean")]
 
 
 def running(pid: int) -> bool:
@@ -37,19 +34,6 @@ def running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-@pytest.fixture(autouse=True)
-def dev_shm_clean() -> Iterator[None]:
-    before = shm_names()
-    yield
-    import gc
-
-    gc.collect()
-    deadline = time.monotonic() + 10
-    while shm_names() - before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert shm_names() - before == set(), "shared memory left in /dev/shm"
 
 
 # ---- what the workers run (module level: they pickle by name) ------------------------------------------------
@@ -371,16 +355,7 @@ def test_ctrl_c_reaches_a_main_thread_waiting_on_a_result() -> None:
         pool.shutdown(cancel_futures=True)
         """ % os.path.dirname(__file__)
     )
-    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        line = proc.stdout.readline().split()
-        assert line and line[0] == "interrupted" and float(line[1]) - t0 < 0.5
-        assert proc.wait(30) == 0
+    interrupt_child(child, new_session=True)
 
 
 # ---- a worker that dies -------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ connections busy in a closed loop (send a small message, wait for the whole echo
 from __future__ import annotations
 
 import importlib.util
-import os
 import select
 import socket
 import subprocess
@@ -27,6 +26,7 @@ from typing import Any
 from .._channel import Channel
 from .._core import CLOSED, select as gselect
 from .._netpoll import readable, writable
+from .measure import peak_kib, proc_cpu
 
 SERVERS = ["gilfree", "asyncio", "uvloop", "threading"]
 MESSAGE = b"x" * 31 + b"\n"  # small messages
@@ -206,20 +206,6 @@ def serve(kind: str, workers: int) -> None:
 # ---- the client ------------------------------------------------------------------------------------------
 
 
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def load(port: int, connections: int, duration: float, warmup: float, max_requests: int, pid: int
          ) -> dict[str, float]:
     socks = []
@@ -294,7 +280,7 @@ def run_one(kind: str, connections: int, duration: float, warmup: float, max_req
         assert proc.stdout is not None and proc.stdin is not None
         port = int(proc.stdout.readline())
         r = load(port, connections, duration, warmup, max_requests, proc.pid)
-        r["rss_mib"] = peak_rss_mib(proc.pid)
+        r["rss_mib"] = peak_kib(proc.pid) / 1024
         proc.stdin.close()
         proc.wait(30)
         return r

@@ -94,3 +94,42 @@ def measure(fn: Callable[[], Any], repeat: int, pids: Callable[[], list[int]], w
             fn()
             runs += 1
     return walls, result, util, rss, probe.quantiles_ms()
+
+
+def spsc_seconds(put: Callable[[int], object], get: Callable[[], object], n: int) -> float:
+    """Seconds for one producer thread to put n items and the calling thread to get them."""
+
+    def produce() -> None:
+        for i in range(n):
+            put(i)
+
+    t = threading.Thread(target=produce)
+    t0 = time.perf_counter()
+    t.start()
+    for _ in range(n):
+        get()
+    dt = time.perf_counter() - t0
+    t.join()
+    return dt
+
+
+def mpmc_seconds(put: Callable[[int], object], get: Callable[[], object], n: int, k: int = 4) -> float:
+    """Seconds for k producer threads to put n items in all and k consumer threads to get them."""
+    per = n // k
+
+    def produce() -> None:
+        for i in range(per):
+            put(i)
+
+    def consume() -> None:
+        for _ in range(per):
+            get()
+
+    threads = [threading.Thread(target=produce) for _ in range(k)]
+    threads += [threading.Thread(target=consume) for _ in range(k)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (time.perf_counter() - t0) * n / (per * k)

@@ -184,36 +184,30 @@ def build(p: Plan, data_dir: str) -> dict[str, Scenario]:
 
 
 def _mp_produce(q: Any, n: int) -> None:
-    q.put(-1)
+    """A producer process: a multiprocessing.Queue (put) or a gilfree.ProcessChannel (send)."""
+    put = getattr(q, "put", None) or q.send
+    put(-1)
     for i in range(n):
-        q.put(i)
+        put(i)
 
 
 def messages(sz: Sizes, repeat: int) -> list[dict[str, Any]]:
-    """ns per message through gilfree.Channel, queue.Queue (threads) and multiprocessing.Queue (processes)."""
+    """ns per message through gilfree.Channel, queue.Queue (threads), multiprocessing.Queue and
+    gilfree.ProcessChannel (a producer process)."""
     import multiprocessing
     import queue
     import statistics
     import threading
 
     from .._channel import Channel
+    from .._process import ProcessChannel
+    from .measure import spsc_seconds
 
     n = sz.messages
     rows = []
 
     def spsc(put: Callable[[int], object], get: Callable[[], object]) -> float:
-        def produce() -> None:
-            for i in range(n):
-                put(i)
-
-        t = threading.Thread(target=produce)
-        t0 = time.perf_counter()
-        t.start()
-        for _ in range(n):
-            get()
-        dt = time.perf_counter() - t0
-        t.join()
-        return dt
+        return spsc_seconds(put, get, n)
 
     def chan() -> float:
         ch: Channel[int] = Channel(1024)
@@ -235,8 +229,23 @@ def messages(sz: Sizes, repeat: int) -> list[dict[str, Any]]:
         p.join()
         return dt
 
+    def pch() -> float:
+        ch: ProcessChannel[int] = ProcessChannel(1024)
+        p = multiprocessing.Process(target=_mp_produce, args=(ch, n))
+        p.start()
+        try:
+            ch.recv()  # the producer is up
+            t0 = time.perf_counter()
+            for _ in range(n):
+                ch.recv()
+            dt = time.perf_counter() - t0
+            p.join()
+        finally:
+            ch.release()
+        return dt
+
     for name, fn in (("gilfree.Channel(1024)", chan), ("queue.Queue(1024)", qq),
-                     ("multiprocessing.Queue(1024)", mpq)):
+                     ("multiprocessing.Queue(1024)", mpq), ("gilfree.ProcessChannel(1024)", pch)):
         ts = sorted(fn() / n * 1e9 for _ in range(repeat))
         rows.append({"name": name, "median_ns": statistics.median(ts), "min_ns": ts[0], "max_ns": ts[-1]})
     return rows
