@@ -217,32 +217,28 @@ def messages(sz: Sizes, repeat: int) -> list[dict[str, Any]]:
         q: queue.Queue[int] = queue.Queue(1024)
         return spsc(q.put, q.get)
 
-    def mpq() -> float:
-        q: Any = multiprocessing.Queue(1024)
+    def from_process(q: Any, get: Callable[[], object]) -> float:
+        """A producer process puts n items into q; this thread gets them."""
         p = multiprocessing.Process(target=_mp_produce, args=(q, n))
         p.start()
-        q.get()  # the producer is up
+        get()  # the producer is up
         t0 = time.perf_counter()
         for _ in range(n):
-            q.get()
+            get()
         dt = time.perf_counter() - t0
         p.join()
         return dt
 
+    def mpq() -> float:
+        q: Any = multiprocessing.Queue(1024)
+        return from_process(q, q.get)
+
     def pch() -> float:
         ch: ProcessChannel[int] = ProcessChannel(1024)
-        p = multiprocessing.Process(target=_mp_produce, args=(ch, n))
-        p.start()
         try:
-            ch.recv()  # the producer is up
-            t0 = time.perf_counter()
-            for _ in range(n):
-                ch.recv()
-            dt = time.perf_counter() - t0
-            p.join()
+            return from_process(ch, ch.recv)
         finally:
             ch.release()
-        return dt
 
     for name, fn in (("gilfree.Channel(1024)", chan), ("queue.Queue(1024)", qq),
                      ("multiprocessing.Queue(1024)", mpq), ("gilfree.ProcessChannel(1024)", pch)):
