@@ -92,7 +92,14 @@ def shm_names(prefixes: tuple[str, ...] = ("gilfree-", "psm_")) -> set[str]:
 @pytest.fixture()
 def dev_shm_clean() -> Any:
     """Fails the test if it leaves shared memory of gilfree's (or multiprocessing.shared_memory's) behind
-    (objects a crashed process left are cleaned by the resource tracker, so this waits for it a little)."""
+    (objects a crashed process left are cleaned by the resource tracker, so this waits for it a little).
+    ProcessChannel names carry their creator's pid: only this process's count, so a test run beside
+    another one does not see the other's."""
+    mine = (f"gilfree-{os.getpid()}-", "psm_")
+
+    def shm_names() -> set[str]:
+        return globals()["shm_names"](mine)
+
     before = shm_names()
     yield
     import gc

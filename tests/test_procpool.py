@@ -252,6 +252,21 @@ def test_shutdown_waits_and_then_refuses() -> None:
     ProcessPool(3).shutdown()  # never started
 
 
+def test_workers_that_leave_at_shutdown_are_not_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle worker leaves as soon as shutdown closes the task channel, while another still runs a task:
+    no process is started to replace it (at interpreter exit none could be, on 3.12)."""
+    from gilfree._procpool import _State
+
+    pool = ProcessPool(2)
+    f = pool.submit(sleep_then, 0.3, "kept")
+    started: list[int] = []
+    spawn = _State.spawn
+    monkeypatch.setattr(_State, "spawn", lambda self: (started.append(1), spawn(self))[1])
+    pool.shutdown(wait=True)
+    assert f.result(0) == "kept"
+    assert started == []
+
+
 def test_shutdown_without_wait_still_finishes_the_work() -> None:
     pool = ProcessPool(1)
     f = pool.submit(sleep_then, 0.2, "late")

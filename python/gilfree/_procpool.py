@@ -58,6 +58,7 @@ _RES = struct.Struct("<qB")
 _OK, _ERR, _BYE, _INIT_FAILED, _WAKE = range(5)
 _INLINE_MAX = 256 * 1024       # a pickle larger than this travels in a shared-memory block of its own
 _POLL_S = 0.05                 # the manager checks the workers at least this often
+_DRAIN = 64                    # results the manager takes per wake-up before it looks at anything else
 _PARENT_CHECK_S = 0.5          # an idle worker checks that its parent is alive this often
 _BUFFER = (1 << 20) + 4096
 _LOGGER = logging.getLogger("concurrent.futures")
@@ -404,8 +405,7 @@ class _State:
                 why = pickle.loads(memoryview(data)[_RES.size:])
                 self.break_pool(f"A child process terminated abruptly: its initializer raised {why}")
             return
-        with self.lock:
-            f = self.pending.pop(tid, None)
+        f = self.pending.pop(tid, None)  # (the manager thread is the only one that removes entries)
         try:
             value = _loads(memoryview(data)[_RES.size:])
         except BaseException as e:  # noqa: BLE001  (the result does not unpickle here)
@@ -426,17 +426,29 @@ class _State:
         if not ended:
             return
         self.drain_results()  # a worker's last words (its _BYE) were sent before it ended
+        retired = 0
         for s in ended:
             pid = sentinels[s]
             p = self.procs.pop(pid)
             p.join()
             if pid in self.said_bye:
                 self.said_bye.discard(pid)
-                if self.broken is None and (not self.shutting_down or self.pending):
-                    self.spawn()  # max_tasks_per_child: a fresh worker takes its place
+                retired += 1
             elif self.broken is None:
                 self.break_pool("A process in the process pool was terminated abruptly while the future was "
                                 f"running or pending (pid {pid}, exit code {p.exitcode}).")
+        if self.broken is not None or not retired:
+            return
+        # Replace workers that retired (max_tasks_per_child). Once shutting down, the workers also leave
+        # when the task channel runs dry: then they are replaced only while tasks still wait in it.
+        queued = self.tasks is not None and len(self.tasks) > 0
+        need = retired if not self.shutting_down or queued else 0
+        for _ in range(need):
+            try:
+                self.spawn()
+            except RuntimeError as e:  # at interpreter exit no process can be started any more (3.12+)
+                self.break_pool(f"A worker that reached max_tasks_per_child could not be replaced: {e}")
+                return
 
     def drain_results(self) -> None:
         assert self.results is not None
@@ -514,6 +526,12 @@ def _manage(st: _State) -> None:
             got = data is not None
             if got:
                 st.complete(data)  # type: ignore[arg-type]
+                for _ in range(_DRAIN):  # what else has arrived, before the periodic checks
+                    try:
+                        data = recv(None, True)
+                    except (WouldBlock, ChannelClosed):  # closed: the pool broke
+                        break
+                    st.complete(data)
             data = None  # no reference to a result once its future has it
             if st.overflow:
                 st.feed()
