@@ -300,7 +300,9 @@ enum { PC_SEND = 0, PC_RECV = 1 };
 /* How long a waiter spins (GIL released, mutex free) before it sleeps on the futex: a peer process that
  * is running usually makes room or a message within microseconds, while sleeping costs a futex wake-up on
  * both sides. */
+#ifndef PC_SPIN_NS
 #define PC_SPIN_NS (20 * 1000)
+#endif
 
 /* Detached, mutex free: spin reading the header (atomically: writers store these fields atomically) until
  * the operation may proceed, the channel is closed, or PC_SPIN_NS pass. */
