@@ -5,13 +5,14 @@ Two shared-memory channels (src/procchan.c) carry the work: ``tasks`` (parent ->
 the tasks that did not fit in ``tasks`` and watches the workers.
 
 Wire format. A task is ``<q tid><I n>`` + pickle(fn) (n bytes) + pickle((args, kwargs)): a function that
-pickles by name is pickled once per pool and looked up once per worker (both caches are small); a result is ``<q tid><B kind>`` + pickle of
-the value (kind _OK), of the exception (kind _ERR), or of a text (the control kinds). The id comes first
+pickles by name is pickled once per pool and looked up once per worker (both caches are small). A result
+is ``<q tid><B kind>`` + pickle of the value (kind _OK), of the exception (kind _ERR), or of a text (the
+control kinds). The id comes first
 and unpickled, so a payload that fails to unpickle still fails the right future. A pickle larger than
 ``_INLINE_MAX`` travels in a shared-memory block of its own (``_Big``): the receiver reads and unlinks it.
 
 Lifecycle of a task (what cancel() can stop, as in ProcessPoolExecutor): submit pickles it; it goes
-straight into ``tasks`` when that has room and nothing waits before it, else into ``_overflow``, which the
+straight into ``tasks`` when that has room and nothing waits before it, else into ``overflow``, which the
 manager moves on as the workers take tasks. A task is marked running when it enters ``tasks``: up to
 max(64, 2 x max_workers) of them (enough to keep the workers busy across a round trip); the rest can
 still be cancelled.
@@ -40,7 +41,6 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TypeVar
 
-from . import _core
 from ._core import ChannelClosed, WouldBlock
 from ._future import Future
 from ._pool import _StreamingMap
@@ -676,5 +676,3 @@ class ProcessPool(_StreamingMap, cf.Executor):
     def _default_buffersize(self) -> int:
         return _task_capacity(self._s.max_workers)  # enough tasks in flight to cover a round trip
 
-
-_ = _core
