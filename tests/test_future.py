@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import Background, interrupt_child, wait_until
+from conftest import Background, interrupt_child, scaled, wait_until
 
 import gilfree
 from gilfree import Future
@@ -345,3 +345,34 @@ def test_long_then_chains_on_a_pool_and_standalone() -> None:
         h = h.then(lambda v: v + 1)
     g.set_result(0)
     assert h.result(timeout=5) == 5000
+
+
+def test_stdlib_wait_and_as_completed_with_futures_finishing_meanwhile() -> None:
+    """concurrent.futures.wait() reads each future's state twice while it holds their conditions (which
+    are done, and how many to wait for); a future finishing in between must count once: never a finished
+    future left in not_done, never a wait that returns early or hangs."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # with the GIL, switch threads as often as possible
+    try:
+        for _ in range(scaled(300, 30)):
+            fs: list[gilfree.Future[int]] = [gilfree.Future() for _ in range(40)]
+            start = threading.Event()
+
+            def finish() -> None:
+                start.wait()
+                for i, f in enumerate(fs):
+                    f.set_result(i)
+
+            t = threading.Thread(target=finish)
+            t.start()
+            start.set()
+            done, not_done = cf.wait(fs, timeout=30)
+            assert not not_done and len(done) == 40
+            t.join()
+            fs2: list[gilfree.Future[int]] = [gilfree.Future() for _ in range(40)]
+            t = threading.Thread(target=lambda: [f.set_result(1) for f in fs2])
+            t.start()
+            assert len(list(cf.as_completed(fs2, timeout=30))) == 40
+            t.join()
+    finally:
+        sys.setswitchinterval(old)

@@ -30,6 +30,11 @@ __all__ = ["Future", "as_completed", "first", "gather", "wait"]
 
 _LOGGER = logging.getLogger("concurrent.futures")
 _compat_lock = threading.Lock()
+_C_STATE = _core.Future.__dict__["_state"]  # the C getset: the state right now
+_DONE_STATES = ("CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED")
+_NOTIFIED_STATE = {"result": "FINISHED", "exception": "FINISHED", "cancel": "CANCELLED",
+                   "cancelled_notified": "CANCELLED_AND_NOTIFIED"}
+_STATE_RANK = {"PENDING": 0, "RUNNING": 1, "CANCELLED": 2, "CANCELLED_AND_NOTIFIED": 3, "FINISHED": 3}
 
 
 def _log_callback_error(what: str, obj: Any, exc: BaseException) -> None:
@@ -55,10 +60,25 @@ class Future(_core.Future[T], cf.Future[T]):
             with _compat_lock:
                 pair = d.get("_gf_compat")
                 if pair is None:
-                    pair = (threading.Condition(), [])
-                    d["_gf_compat"] = pair
-                    self._enable_compat()  # from now on, changes call _cf_notify
+                    condition = threading.Condition()
+                    pair = (condition, [])
+                    with condition:  # a _cf_notify for a later change waits for the snapshot below
+                        d["_gf_compat"] = pair
+                        # from now on, changes call _cf_notify; the state at this moment:
+                        d["_gf_cf_state"] = self._enable_compat()
         return pair
+
+    @property
+    def _state(self) -> str:  # type: ignore[override]
+        """The state as concurrent.futures' wait()/as_completed() read it under ``_condition``: once they
+        use it, a change to a finished state shows only when ``_cf_notify`` runs, under that condition, as
+        with the standard library's futures (whose state only changes under their condition). So the two
+        looks wait() takes while holding the conditions agree, and no completion is counted twice or
+        missed."""
+        state: str = _C_STATE.__get__(self, type(self))
+        if state in _DONE_STATES:
+            return self.__dict__.get("_gf_cf_state", state)  # type: ignore[no-any-return]
+        return state
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -72,6 +92,9 @@ class Future(_core.Future[T], cf.Future[T]):
         """Called by C after a state change, once _condition/_waiters exist (as concurrent.futures does)."""
         condition, waiters = self._compat()
         with condition:
+            new, d = _NOTIFIED_STATE[kind], self.__dict__
+            if _STATE_RANK[new] > _STATE_RANK[d.get("_gf_cf_state", "PENDING")]:  # notifications may cross
+                d["_gf_cf_state"] = new
             for waiter in waiters:
                 if kind == "result":
                     waiter.add_result(self)
