@@ -239,6 +239,21 @@ def fail_on_three(i: int) -> int:
 
 # ---- shutdown, cancel, exit ----------------------------------------------------------------------------------
 
+def test_workers_start_on_demand_up_to_max_workers() -> None:
+    """One worker for one task at a time; more while tasks outnumber them, never more than max_workers (so
+    a huge max_workers starts only what the work needs)."""
+    with ProcessPool(10**12) as pool:
+        for i in range(5):
+            assert pool.submit(square, i).result(30) == i * i
+        assert len(pool._processes) == 1
+        fs = [pool.submit(sleep_then, 0.3, i) for i in range(3)]
+        assert [f.result(30) for f in fs] == [0, 1, 2]
+        assert 2 <= len(pool._processes) <= 4
+    with ProcessPool(2) as pool:
+        list(pool.map(sleep_then, [0.05] * 20))
+        assert len(pool._processes) == 2
+
+
 def test_shutdown_waits_and_then_refuses() -> None:
     pool = ProcessPool(2)
     fs = [pool.submit(sleep_then, 0.05, i) for i in range(6)]
@@ -318,9 +333,9 @@ def test_workers_leave_when_the_parent_is_killed() -> None:
         """
         import os, sys, gilfree
         sys.path.insert(0, %r)
-        from test_procpool import square
+        from test_procpool import sleep_then
         pool = gilfree.ProcessPool(2)
-        assert pool.submit(square, 2).result() == 4
+        assert [f.result() for f in [pool.submit(sleep_then, 0.3, i) for i in range(2)]] == [0, 1]
         print(" ".join(str(p) for p in pool._processes), flush=True)
         sys.stdin.read()
         """ % os.path.dirname(__file__)

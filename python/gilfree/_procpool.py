@@ -61,6 +61,7 @@ _POLL_S = 0.05                 # the manager checks the workers at least this of
 _DRAIN = 64                    # results the manager takes per wake-up before it looks at anything else
 _PARENT_CHECK_S = 0.5          # an idle worker checks that its parent is alive this often
 _BUFFER = (1 << 20) + 4096
+_CAP_MAX = 1 << 16             # the channels hold at most this many messages, whatever max_workers is
 _LOGGER = logging.getLogger("concurrent.futures")
 
 _live: weakref.WeakSet[_State] = weakref.WeakSet()
@@ -283,12 +284,12 @@ class _State:
     # -- submitting (any thread) --
 
     def start(self) -> None:
-        """Create the channels, the workers and the manager (on the first submit)."""
+        """Create the channels, the first worker and the manager (on the first submit). More workers start
+        as tasks wait for one (grow), up to max_workers."""
         self.tasks = ProcessChannel(_task_capacity(self.max_workers), buffer_size=_BUFFER)
-        self.results = ProcessChannel(max(64, 4 * self.max_workers), buffer_size=_BUFFER)
+        self.results = ProcessChannel(min(_CAP_MAX, max(64, 4 * self.max_workers)), buffer_size=_BUFFER)
         try:
-            for _ in range(self.max_workers):
-                self.spawn()
+            self.spawn()
         except BaseException:
             self.terminate_workers()
             self.release_channels()
@@ -329,7 +330,22 @@ class _State:
             self.pending[tid] = f
             if self.overflow or not self._hand_over(tid, f, data, False):
                 self.overflow.append((tid, f, data, False))
+            grow = len(self.procs) < self.max_workers and len(self.pending) > len(self.procs)
+        if grow:
+            self.wake()  # the manager starts another worker
         return f
+
+    def grow(self) -> None:
+        """Manager thread: start workers while tasks outnumber them, up to max_workers (on demand, as
+        ProcessPoolExecutor does for spawn and forkserver)."""
+        while self.broken is None and not self.shutting_down and len(self.procs) < self.max_workers \
+                and len(self.pending) > len(self.procs):
+            try:
+                self.spawn()
+            except Exception as e:  # noqa: BLE001  (no more processes: go on with those there are)
+                if not self.procs:
+                    self.break_pool(f"No worker process could be started: {e!r}")
+                return
 
     def pack_task(self, tid: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> bytes:
@@ -533,6 +549,8 @@ def _manage(st: _State) -> None:
                         break
                     st.complete(data)
             data = None  # no reference to a result once its future has it
+            if len(st.procs) < st.max_workers:
+                st.grow()
             if st.overflow:
                 st.feed()
             now = time.monotonic() if got else next_check
@@ -570,7 +588,7 @@ def _shutdown_all_at_exit() -> None:
 
 
 def _task_capacity(workers: int) -> int:
-    return max(64, 2 * workers)
+    return min(_CAP_MAX, max(64, 2 * workers))
 
 
 def _check_int_or_none(value: object, name: str) -> int | None:
@@ -588,7 +606,8 @@ class ProcessPool(_StreamingMap, cf.Executor):
     max_tasks_per_child=None)``, as ProcessPoolExecutor: ``max_workers`` defaults to the CPU count;
     ``mp_context`` is a multiprocessing context (default: the platform's start method; "spawn" when
     ``max_tasks_per_child`` is set, which cannot be combined with "fork"); ``initializer(*initargs)`` runs
-    in each worker first. The workers start with the first submit.
+    in each worker first. Workers start on demand: the first with the first submit, more while tasks
+    outnumber them, up to ``max_workers``.
 
     - ``submit`` returns a gilfree.Future (works with ``concurrent.futures.wait``/``as_completed`` and
       ``asyncio.wrap_future``). Arguments, results and exceptions are pickled; a task that cannot be pickled
