@@ -147,37 +147,35 @@ def _pong(a: Any, b: Any, n: int) -> None:
         b(a())
 
 
+def ping_pong(send: Callable[[Any], object], recv: Callable[[], object], peer: tuple[Any, Any], n: int
+              ) -> float:
+    """Seconds per round trip: this process sends, a child echoes with peer = (its recv, its send)."""
+    p = CTX.Process(target=_pong, args=(*peer, n))
+    p.start()
+    send(0)
+    recv()  # the child is up
+    t0 = time.perf_counter()
+    for i in range(n - 1):
+        send(i)
+        recv()
+    dt = time.perf_counter() - t0
+    p.join()
+    return dt / (n - 1)
+
+
 def ping_pong_gf(n: int) -> float:
     x: gilfree.ProcessChannel[int] = gilfree.ProcessChannel(1)
     y: gilfree.ProcessChannel[int] = gilfree.ProcessChannel(1)
-    p = CTX.Process(target=_pong, args=(x.recv, y.send, n))
-    p.start()
-    x.send(0)
-    y.recv()
-    t0 = time.perf_counter()
-    for i in range(n - 1):
-        x.send(i)
-        y.recv()
-    dt = time.perf_counter() - t0
-    p.join()
-    x.release()
-    y.release()
-    return dt / (n - 1)
+    try:
+        return ping_pong(x.send, y.recv, (x.recv, y.send), n)
+    finally:
+        x.release()
+        y.release()
 
 
 def ping_pong_pipe(n: int) -> float:
     a, b = CTX.Pipe()
-    p = CTX.Process(target=_pong, args=(b.recv, b.send, n))
-    p.start()
-    a.send(0)
-    a.recv()
-    t0 = time.perf_counter()
-    for i in range(n - 1):
-        a.send(i)
-        a.recv()
-    dt = time.perf_counter() - t0
-    p.join()
-    return dt / (n - 1)
+    return ping_pong(a.send, a.recv, (b.recv, b.send), n)
 
 
 def memcpy_gbps(size: int = 1 << 20, rounds: int = 200) -> float:

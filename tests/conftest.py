@@ -109,3 +109,25 @@ def dev_shm_clean() -> Any:
     while shm_names() - before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert shm_names() - before == set(), "shared memory left in /dev/shm"
+
+
+def assert_gil_released(wait: Callable[[], object]) -> None:
+    """Call `wait` (a blocking call expected to raise TimeoutError after ~0.2 s) while another thread counts
+    in a Python loop: the count proves the waiting thread let it run, i.e. released the GIL."""
+    counter = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    before = counter[0]
+    try:
+        with pytest.raises(TimeoutError):
+            wait()
+    finally:
+        stop.set()
+        t.join()
+    assert counter[0] - before > 10_000
