@@ -172,6 +172,9 @@ gf_engine_run(gf_state *st, gf_case *cases, int n, int block, const gf_deadline 
             caseslot[i] = nfd++;
         }
     }
+    if (nfd > 0 && gf_netpoll_check_count(nfd, block) < 0) {
+        goto done;
+    }
     uint64_t rng = gf_random();
     for (int i = n - 1; i > 0; i--) { /* Fisher-Yates */
         int j = (int)local_below(&rng, (uint32_t)(i + 1));

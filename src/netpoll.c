@@ -30,6 +30,8 @@
 #include <errno.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- the case object -------------------------------------------------------------------------------- */
@@ -220,25 +222,85 @@ wake_key_make(void)
     (void)pthread_key_create(&wake_key, wake_key_destroy);
 }
 
+/* The identity of an eventfd as fstat(2) shows it: every anonymous-inode file (eventfd, epoll, timerfd...)
+ * shares one inode with no file-type bits in st_mode; a pipe, socket or regular file has other values. */
+static dev_t eventfd_dev;
+static ino_t eventfd_ino;
+static int eventfd_known; /* set once (under wake_once's first call path: benign if two threads race) */
+
+static int
+still_our_eventfd(int fd)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) < 0) {
+        return 0; /* closed (EBADF) */
+    }
+    return (sb.st_mode & S_IFMT) == 0 && __atomic_load_n(&eventfd_known, __ATOMIC_ACQUIRE) &&
+           sb.st_dev == eventfd_dev && sb.st_ino == eventfd_ino;
+}
+
+/* A new eventfd for this thread; the old number is not closed (it is not ours any more: user code closed
+ * it, and the number may already belong to another file). -1 with errno. Detached or attached. */
+static int
+remake_eventfd(void)
+{
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) {
+        return -1;
+    }
+    struct stat sb;
+    if (!__atomic_load_n(&eventfd_known, __ATOMIC_ACQUIRE) && fstat(fd, &sb) == 0) {
+        eventfd_dev = sb.st_dev;
+        eventfd_ino = sb.st_ino;
+        __atomic_store_n(&eventfd_known, 1, __ATOMIC_RELEASE);
+    }
+    if (pthread_setspecific(wake_key, (void *)(intptr_t)(fd + 1)) != 0) {
+        (void)close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    return fd;
+}
+
 int
 gf_netpoll_thread_eventfd(void)
 {
     (void)pthread_once(&wake_once, wake_key_make);
     intptr_t v = (intptr_t)pthread_getspecific(wake_key);
-    if (v > 0) {
+    /* User code may have closed it (os.closerange): then completers would write into whatever file reuses
+     * the number. Checked once per park (one fstat), and during the park by POLLNVAL on it. */
+    if (v > 0 && still_our_eventfd((int)v - 1)) {
         return (int)v - 1;
     }
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int fd = remake_eventfd();
     if (fd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    if (pthread_setspecific(wake_key, (void *)(intptr_t)(fd + 1)) != 0) {
-        (void)close(fd);
-        PyErr_NoMemory();
+    return fd;
+}
+
+int
+gf_netpoll_check_count(int nfd, int block)
+{
+    /* poll(2) refuses more entries than RLIMIT_NOFILE's soft limit (EINVAL); a parked select polls one more
+     * (its thread's eventfd). */
+    struct rlimit rl;
+    if (nfd == 0 || getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY) {
+        return 0;
+    }
+    unsigned long long need = (unsigned long long)nfd + (block ? 1 : 0);
+    if (need > (unsigned long long)rl.rlim_cur) {
+        PyErr_Format(PyExc_OSError,
+                     "select over %d file descriptor cases needs %llu poll entries (%s), more than this "
+                     "process's limit on open files, RLIMIT_NOFILE = %llu: raise it with "
+                     "resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard)) or `ulimit -n`, or split the "
+                     "cases over several selects",
+                     nfd, need, block ? "one more for the thread's wake-up eventfd" : "one per case",
+                     (unsigned long long)rl.rlim_cur);
         return -1;
     }
-    return fd;
+    return 0;
 }
 
 void
@@ -302,6 +364,33 @@ gf_netpoll_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_interrupt
             p[i].revents = 0;
         }
         int rc = poll(p, (nfds_t)n + 1, ms);
+        if (rc < 0) {
+            if (errno != EINTR) {
+                s->park_errno = errno; /* raised by the caller; never retried blindly (it would spin) */
+                return GF_PARK_ERROR;
+            }
+            if (is_main && !atomic_load_explicit(&s->signaled, memory_order_acquire)) {
+                return GF_PARK_CHECK_SIGNALS; /* a signal arrived: run its handler now */
+            }
+            continue;
+        }
+        if (rc > 0 && (p[n].revents & POLLNVAL)) {
+            /* Our eventfd was closed under us (user code closing descriptors): make a new one, and publish
+             * it under mu, where completers read it. A wake-up written meanwhile went nowhere, so look at
+             * `signaled` again before sleeping. */
+            pthread_mutex_lock(&s->mu);
+            int fd = remake_eventfd();
+            if (fd >= 0) {
+                s->wake_fd = fd;
+            }
+            pthread_mutex_unlock(&s->mu);
+            if (fd < 0) {
+                s->park_errno = errno;
+                return GF_PARK_ERROR;
+            }
+            p[n].fd = fd;
+            continue;
+        }
         if (rc > 0 && p[n].revents) {
             uint64_t count;
             (void)!read(s->wake_fd, &count, sizeof(count));

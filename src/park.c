@@ -133,6 +133,7 @@ sel_reset(gf_sel *s)
     s->pfds = NULL;
     s->npfds = 0;
     s->wake_fd = -1;
+    s->park_errno = 0;
 }
 
 int
@@ -292,8 +293,18 @@ gf_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_interrupt *in)
 void
 gf_park_until_signaled(gf_sel *s)
 {
-    gf_deadline forever = {.infinite = 1};
-    (void)gf_park(s, &forever, 0, NULL);
+    /* Only `signaled` ends this wait: not a ready fd (a select with fd cases parks in poll(2) otherwise, and
+     * a ready fd must not let the owner return while the completer that claimed the gf_sel still has to
+     * signal it), not a deadline, not a signal. The completer is running: this is short. It sets
+     * `signaled` and signals cv under mu (it also writes the eventfd; the stale count is drained by the
+     * thread's next poll). */
+    pthread_mutex_lock(&s->mu);
+    while (!atomic_load_explicit(&s->signaled, memory_order_acquire)) {
+        s->sleeping = 1;
+        pthread_cond_wait(&s->cv, &s->mu);
+        s->sleeping = 0;
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- the wait of every blocking call --------------------------------------------------------- */
@@ -419,6 +430,19 @@ gf_wait_ex(gf_state *st, gf_sel *s, const gf_deadline *d, int keep_exception)
         }
         if (pr == GF_PARK_CHECK_SIGNALS && check_interrupts(st, is_main, in) == 0) {
             continue; /* nothing pending: park again */
+        }
+        if (pr == GF_PARK_ERROR) { /* poll(2) failed: raise it (nothing is retried blindly) */
+            if (gf_sel_withdraw(s)) {
+                errno = s->park_errno;
+                PyErr_SetFromErrno(PyExc_OSError);
+                ret = GF_WAIT_RAISED;
+                break;
+            }
+            Py_BEGIN_ALLOW_THREADS
+            gf_park_until_signaled(s); /* a completer got there first: its case fired, no error to report */
+            Py_END_ALLOW_THREADS
+            ret = GF_WAIT_FIRED;
+            break;
         }
         /* Timeout, or an exception: give up unless a completer got there first. */
         if (gf_sel_withdraw(s)) {

@@ -94,7 +94,8 @@ struct gf_sel {
      * one more for wake_fd, the owner thread's eventfd, which a completer writes after signaling. */
     struct pollfd *pfds;   /* NULL: park on cv */
     int npfds;
-    int wake_fd;           /* -1 unless pfds */
+    int wake_fd;           /* -1 unless pfds; changed (remade) only by the owner, under mu */
+    int park_errno;        /* the errno of a failed poll (GF_PARK_ERROR) */
 };
 
 /* Operations fired while a channel lock was held, woken once it is released. Linked through the gf_sels
@@ -109,7 +110,8 @@ typedef struct gf_deadline {
     struct timespec at;  /* CLOCK_MONOTONIC */
 } gf_deadline;
 
-enum { GF_PARK_OK = 0, GF_PARK_TIMEOUT = 1, GF_PARK_CHECK_SIGNALS = 2, GF_PARK_FD_READY = 3 };
+/* GF_PARK_ERROR: (fd cases) poll(2) failed with s->park_errno; the caller raises it. */
+enum { GF_PARK_OK = 0, GF_PARK_TIMEOUT = 1, GF_PARK_CHECK_SIGNALS = 2, GF_PARK_FD_READY = 3, GF_PARK_ERROR = 4 };
 
 /* --- clock ------------------------------------------------------------------------------------------ */
 
@@ -166,6 +168,9 @@ int gf_netpoll_park(gf_sel *s, const gf_deadline *d, int is_main, const gf_inter
 int gf_netpoll_thread_eventfd(void);
 void gf_netpoll_wake(int fd);
 void gf_netpoll_after_fork_child(void);
+/* Attached: -1 with OSError (naming RLIMIT_NOFILE and how to raise it) if poll(2) cannot take nfd fd cases
+ * (plus the eventfd when the select may park); else 0. */
+int gf_netpoll_check_count(int nfd, int block);
 /* Wait, detached, for a claim that already happened to be published. Short: the completer is running. */
 void gf_park_until_signaled(gf_sel *s);
 
