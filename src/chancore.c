@@ -101,7 +101,9 @@ gf_chan_try_send(ChannelObject *ch, PyObject *v, gf_wakelist *wl)
     }
     GF_ASSERT(ch->recvq.head == NULL); /* fire_first above unlinked every stale waiter */
     if (ch->ring != NULL) {
-        if (ch->count + (Py_ssize_t)gf_ring_count(ch->ring) >= ch->capacity) {
+        /* Values put back in front (ch->count > 0) take room too; then SLOW is set and the count is exact.
+         * Otherwise lock-free peers may be moving head and tail: the ring's stamps decide. */
+        if (ch->count > 0 && ch->count + (Py_ssize_t)gf_ring_count(ch->ring) >= ch->capacity) {
             return GF_WOULDBLOCK;
         }
         return gf_ring_push(ch->ring, v, 0) == GF_RING_OK ? GF_OK : GF_WOULDBLOCK;

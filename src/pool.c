@@ -154,14 +154,15 @@ static gf_task *
 take_queue(gf_poolcore *p, gf_wakelist *wl, Py_ssize_t keep)
 {
     gf_task *t = p->head, *last = NULL;
-    for (Py_ssize_t k = 0; k < keep && t != NULL; k++) {
+    Py_ssize_t kept = 0;
+    for (; kept < keep && t != NULL; kept++) {
         last = t;
         t = t->next;
     }
     if (last != NULL) {
         last->next = NULL;
         p->tail = last;
-        p->queued = keep;
+        p->queued = kept; /* fewer than `keep` when the queue was shorter */
     }
     else {
         p->head = p->tail = NULL;

@@ -31,7 +31,9 @@
  *   - A thread that is about to park queues its waiter and sets GF_RING_SLOW on tail and head (under the
  *     channel's lock, all sequentially consistent). From then on head and tail change only under the lock:
  *     the count it computes from them is exact, except that positions claimed just before may still be
- *     being written or read, which it waits out. A receiver that finds a value, or a sender that finds a
+ *     being written or read, which it waits out. (So gf_ring_count is exact for a holder of the lock once
+ *     SLOW is set; without SLOW it is a snapshot of one instant at best, clamped to cap, and a send decides
+ *     "full" only from the stamps, in gf_ring_push, never from that count.) A receiver that finds a value, or a sender that finds a
  *     free slot, completes its own operation instead of sleeping. So a lock-free send can never leave a
  *     value beside a sleeping receiver, nor a lock-free receive a free slot beside a sleeping sender.
  *   - While SLOW is set every operation takes the lock, where parked waiters are served in FIFO order, as
@@ -107,13 +109,30 @@ gf_ring_pos(const gf_ring *r, size_t lin)
     return ((lin / r->cap) << r->lap_shift) + lin % r->cap;
 }
 
-/* Values in the ring (counting positions claimed by a send that is still writing). */
+/* Values in the ring (counting positions claimed by a send that is still writing), at one instant:
+ * 0 <= result <= cap. head and tail are two words, read one after the other; while lock-free peers move
+ * both, a head read early and a tail read late would count values received in between twice (up to 8 for a
+ * ring of 1 was seen). So tail is read before and after head: if it did not move, the pair (head, tail) held
+ * together at the moment head was read (positions only grow), and the count is exact for that instant.
+ * After a few tries it settles for a clamped count, which only a caller that holds the lock with SLOW set
+ * (no lock-free peer moves head or tail then) may treat as exact; with peers running lock-free, a "full"
+ * from this count is advisory, and gf_ring_push's stamp check decides. */
 static inline size_t
 gf_ring_count(const gf_ring *r)
 {
-    size_t h = gf_ring_load(&r->head) & ~r->flags, t = gf_ring_load(&r->tail) & ~r->flags;
+    size_t h, t = gf_ring_load(&r->tail) & ~r->flags;
+    for (int tries = 0;; tries++) {
+        h = gf_ring_load(&r->head) & ~r->flags;
+        size_t t2 = gf_ring_load(&r->tail) & ~r->flags;
+        if (t2 == t || tries >= 8) {
+            t = t2;
+            break;
+        }
+        t = t2;
+    }
     size_t lt = gf_ring_lin(r, t), lh = gf_ring_lin(r, h);
-    return lt > lh ? lt - lh : 0;
+    size_t n = lt > lh ? lt - lh : 0;
+    return n < r->cap ? n : r->cap;
 }
 
 /* Back off inside a wait for a peer: pause, then yield the CPU (the peer may have been preempted). */

@@ -545,3 +545,41 @@ def test_forked_child_skips_the_parents_parked_threads() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     ch.send(5)  # the parent's receiver is still there
     assert receiver.join() == 5
+
+
+def test_len_never_exceeds_capacity_while_peers_run_lock_free() -> None:
+    """len() reads head and tail of the lock-free ring; read one after the other while peers move both, they
+    counted values twice (len(Channel(1)) returned up to 8 with the GIL off). And a select's send case with
+    a default must not take the default from such a count."""
+    for cap in (1, 2, 7):
+        ch: Channel[int] = Channel(cap)
+        stop = threading.Event()
+        seen: list[int] = []
+
+        def churn() -> None:
+            while not stop.is_set():
+                try:
+                    ch.send_nowait(1)
+                except WouldBlock:
+                    pass
+                try:
+                    ch.recv_nowait()
+                except WouldBlock:
+                    pass
+
+        peers = [threading.Thread(target=churn) for _ in range(4)]
+        for t in peers:
+            t.start()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            seen.append(len(ch))
+        stop.set()
+        for t in peers:
+            t.join()
+        assert max(seen) <= cap, (cap, max(seen))
+        while len(ch):
+            ch.recv_nowait()
+        # with room, a send case is chosen over default: always
+        for _ in range(1000):
+            assert gilfree.select((ch.send, 0), gilfree.default)[0] == 0
+            ch.recv_nowait()

@@ -570,3 +570,18 @@ def test_cancel_pending_future_then_it_never_runs() -> None:
         assert f.cancel() and f.cancelled()
         gate.set()
     assert ran == [] and pool.stats()["cancelled"] == 1
+
+
+def test_stats_queued_is_right_after_cancel_futures_with_free_workers() -> None:
+    """shutdown(cancel_futures=True) keeps as many queued tasks as there are free workers; with fewer queued
+    than that, `queued` was set to the number of free workers, and stayed wrong for ever."""
+    for _ in range(scaled(20, minimum=20)):
+        pool = ThreadPool(4)
+        list(pool.map(time.sleep, [0.01] * 4))  # four workers, idle now
+        time.sleep(0.005)
+        fut = pool.submit(time.sleep, 0)  # queued, its worker only just woken
+        pool.shutdown(wait=True, cancel_futures=True)
+        assert fut.done()
+        stats = pool.stats()
+        assert stats["queued"] == 0 and stats["running"] == 0, stats
+        assert stats["completed"] + stats["cancelled"] == 5, stats
