@@ -39,8 +39,21 @@
  * a peer that is running answers in microseconds, and neither side pays for a wake-up.
  *
  * Every wait releases the GIL. The main thread waits in slices of GF_SIGNAL_POLL_NS (50 ms) and checks for
- * signals between them (Ctrl-C); so does a wait for the mutex itself, which another process may hold while
- * it copies a large message.
+ * signals between them and whenever a futex wait ends in EINTR (Ctrl-C, and handlers of frequent signals);
+ * so does a wait for the mutex itself (pthread_mutex_clocklock in slices), which another process may hold
+ * for long: copying a large message, or stopped by SIGSTOP or a debugger. Timeouts bound that wait too, and
+ * the nowait calls never block on it (WouldBlock after a short spin). A condition's wake-up goes to all its
+ * sleepers (see pc_wait).
+ *
+ * Untrusted peers: any process of the same user that opens the name can write anything into the object.
+ * So the geometry (ring size, capacity) is validated once at attach against the mapping's size and kept in
+ * the handle; every copy is bounded by it (ring_put/ring_get cannot leave the mapping whatever a position
+ * says); every length and the header's moving parts (head, tail, count) are checked under the mutex before
+ * they are used. A violation marks the handle corrupt, closes the channel and raises OSError: never a crash.
+ * What cannot be defended against: a peer that shrinks the object (ftruncate) makes the others' accesses
+ * fault (SIGBUS), and a peer can always deny service (hold the mutex, eat every message).
+ * Space: the pages are reserved at creation (posix_fallocate), so a small /dev/shm fails then, with
+ * OSError(ENOSPC), and not later with SIGBUS on a write.
  */
 #include "channel.h"
 
@@ -82,6 +95,11 @@ typedef struct {
     size_t map_size;
     PyObject *name;
     unsigned char *ring;
+    /* The geometry, validated at attach and kept here: never re-read from shared memory, which any process
+     * that can open the name may rewrite (see "Untrusted peers" above). */
+    uint64_t ring_size;    /* bytes, a multiple of 8, >= 64; ring + ring_size is the end of the mapping */
+    uint64_t capacity;     /* messages, >= 1 */
+    int corrupt;           /* (atomic) a violation was seen: every later operation raises OSError */
     int users;             /* operations in progress on this handle (atomic): see pc_enter */
     int released;          /* release() was called (atomic) */
     int unmapped;          /* the mapping is gone (atomic; set once) */
@@ -95,11 +113,13 @@ rec_size(uint64_t len)
     return 8 + ((len + 7) & ~(uint64_t)7);
 }
 
-/* Copy n bytes into / out of the ring at byte count `pos`, wrapping around its end. */
+/* Copy n bytes (n <= ring_size) into / out of the ring at byte count `pos`, wrapping around its end: always
+ * inside the mapping, whatever pos is. */
 static void
-ring_put(gf_pc_shared *sh, unsigned char *ring, uint64_t pos, const void *src, uint64_t n)
+ring_put(ProcChanObject *self, uint64_t pos, const void *src, uint64_t n)
 {
-    uint64_t off = pos % sh->ring_size, first = sh->ring_size - off;
+    unsigned char *ring = self->ring;
+    uint64_t off = pos % self->ring_size, first = self->ring_size - off;
     if (n <= first) {
         memcpy(ring + off, src, n);
     }
@@ -110,9 +130,10 @@ ring_put(gf_pc_shared *sh, unsigned char *ring, uint64_t pos, const void *src, u
 }
 
 static void
-ring_get(gf_pc_shared *sh, unsigned char *ring, uint64_t pos, void *dst, uint64_t n)
+ring_get(ProcChanObject *self, uint64_t pos, void *dst, uint64_t n)
 {
-    uint64_t off = pos % sh->ring_size, first = sh->ring_size - off;
+    unsigned char *ring = self->ring;
+    uint64_t off = pos % self->ring_size, first = self->ring_size - off;
     if (n <= first) {
         memcpy(dst, ring + off, n);
     }
@@ -122,42 +143,92 @@ ring_get(gf_pc_shared *sh, unsigned char *ring, uint64_t pos, void *dst, uint64_
     }
 }
 
-static uint64_t
-head_len(gf_pc_shared *sh, unsigned char *ring)
+/* Under the mutex: the header's moving parts make sense (head and tail 8-aligned, at most one ring apart,
+ * count within capacity and zero exactly when the ring is empty). 0, or -1: corrupt. */
+static int
+header_sane(ProcChanObject *self)
 {
+    gf_pc_shared *sh = self->sh;
+    uint64_t head = sh->head, tail = sh->tail, count = sh->count;
+    uint64_t used = tail - head; /* huge if tail < head */
+    if ((head & 7) != 0 || (tail & 7) != 0 || used > self->ring_size || count > self->capacity ||
+        (count == 0) != (used == 0)) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Under the mutex, count > 0 and header_sane: the length of the head record, or UINT64_MAX if the record
+ * does not fit between head and tail (corrupt). */
+static uint64_t
+head_len(ProcChanObject *self)
+{
+    gf_pc_shared *sh = self->sh;
     uint64_t len;
-    ring_get(sh, ring, sh->head, &len, 8);
+    ring_get(self, sh->head, &len, 8);
+    if (len > self->ring_size - 8 || rec_size(len) > sh->tail - sh->head) {
+        return UINT64_MAX;
+    }
     return len;
 }
 
-/* After EOWNERDEAD: make the header consistent (see the file comment). Under the mutex. */
+/* After EOWNERDEAD: make the header consistent (see the file comment). Under the mutex. A header that
+ * makes no sense is left for header_sane to report. */
 static void
-recover(gf_pc_shared *sh, unsigned char *ring)
+recover(ProcChanObject *self)
 {
-    uint64_t n = 0, pos = sh->head;
-    while (pos < sh->tail) {
-        uint64_t len;
-        ring_get(sh, ring, pos, &len, 8);
-        uint64_t r = rec_size(len);
-        if (len > sh->ring_size || pos + r > sh->tail) {
-            __atomic_store_n(&sh->tail, pos, __ATOMIC_RELEASE); /* cannot happen; be safe */
-            break;
+    gf_pc_shared *sh = self->sh;
+    uint64_t n = 0, pos = sh->head, tail = sh->tail;
+    if (tail - pos <= self->ring_size && (pos & 7) == 0) {
+        while (pos < tail) {
+            uint64_t len;
+            ring_get(self, pos, &len, 8);
+            if (len > self->ring_size - 8 || rec_size(len) > tail - pos) {
+                __atomic_store_n(&sh->tail, pos, __ATOMIC_RELEASE); /* cannot happen; be safe */
+                break;
+            }
+            pos += rec_size(len);
+            n++;
         }
-        pos += r;
-        n++;
+        __atomic_store_n(&sh->count, n, __ATOMIC_RELEASE);
     }
-    __atomic_store_n(&sh->count, n, __ATOMIC_RELEASE);
     pthread_mutex_consistent(&sh->mu);
 }
 
 static int
-after_lock(gf_pc_shared *sh, unsigned char *ring, int rc)
+after_lock(ProcChanObject *self, int rc)
 {
     if (rc == EOWNERDEAD) {
-        recover(sh, ring);
+        recover(self);
         return 0;
     }
     return rc;
+}
+
+/* Attached: raise the error of a corrupt channel. */
+static void
+raise_corrupt(ProcChanObject *self)
+{
+    PyErr_Format(PyExc_OSError, "ProcessChannel %R: its shared memory is corrupt (another process wrote into it "
+                 "out of turn); the channel was closed for this handle", self->name);
+    /* (an OSError with errno EIO: subclass-free, so `except OSError` catches it) */
+}
+
+/* Under the mutex: a violation was found. Mark this handle corrupt, close the channel for everyone (so honest
+ * peers stop waiting on it), unlock, raise. Always -1. */
+static int
+fail_corrupt(ProcChanObject *self)
+{
+    gf_pc_shared *sh = self->sh;
+    __atomic_store_n(&self->corrupt, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&sh->closed, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&sh->not_empty, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&sh->not_full, 1, __ATOMIC_RELEASE);
+    (void)syscall(SYS_futex, &sh->not_empty, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    (void)syscall(SYS_futex, &sh->not_full, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    pthread_mutex_unlock(&sh->mu);
+    raise_corrupt(self);
+    return -1;
 }
 
 static void
@@ -174,14 +245,13 @@ pc_signal(uint32_t *word, int n)
     futex_wake(word, n);
 }
 
-/* Detached, mu held: sleep on `word` until it is bumped or `at` (CLOCK_MONOTONIC; NULL: no limit) passes,
- * then take mu again. Returns 0, ETIMEDOUT (the deadline or the signal slice: the caller tells them apart)
- * or an errno of the mutex. Recovers from a dead owner. */
+/* Detached, mutex free: sleep on `word` while it still holds `seen` (read under the mutex), until it is
+ * bumped or `at` (CLOCK_MONOTONIC; NULL: no limit) passes. Returns 0 (woken, or the word had changed),
+ * ETIMEDOUT (the deadline or the signal slice: the caller tells them apart) or EINTR (a signal arrived: the
+ * main thread runs its handler before waiting again). */
 static int
-pc_timedwait(gf_pc_shared *sh, unsigned char *ring, uint32_t *word, const struct timespec *at)
+pc_futex_wait(uint32_t *word, uint32_t seen, const struct timespec *at)
 {
-    uint32_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
-    pthread_mutex_unlock(&sh->mu);
     int timed_out = 0;
     struct timespec rel, *relp = NULL;
     if (at != NULL) {
@@ -195,17 +265,16 @@ pc_timedwait(gf_pc_shared *sh, unsigned char *ring, uint32_t *word, const struct
         rel.tv_nsec = ns > 0 ? ns % 1000000000 : 0;
         relp = &rel;
     }
-    if (!timed_out) {
-        /* FUTEX_WAIT (not _PRIVATE: the word is shared between processes); a relative timeout is measured
-         * on CLOCK_MONOTONIC. EAGAIN: the word changed already; EINTR: a signal: both just return. */
-        long r = syscall(SYS_futex, word, FUTEX_WAIT, seen, relp, NULL, 0);
-        timed_out = r < 0 && errno == ETIMEDOUT;
+    if (timed_out) {
+        return ETIMEDOUT;
     }
-    int rc = after_lock(sh, ring, pthread_mutex_lock(&sh->mu));
-    if (rc != 0) {
-        return rc;
+    /* FUTEX_WAIT (not _PRIVATE: the word is shared between processes); a relative timeout is measured on
+     * CLOCK_MONOTONIC. EAGAIN: the word changed already. */
+    long r = syscall(SYS_futex, word, FUTEX_WAIT, seen, relp, NULL, 0);
+    if (r < 0 && (errno == ETIMEDOUT || errno == EINTR)) {
+        return errno;
     }
-    return timed_out ? ETIMEDOUT : 0;
+    return 0;
 }
 
 static void
@@ -267,32 +336,15 @@ pc_leave(ProcChanObject *self)
     }
 }
 
+/* Inside pc_enter/pc_leave the mapping is there; a handle that saw a corrupt header raises. */
 static int
-pc_alive(ProcChanObject *self) /* inside pc_enter/pc_leave: the mapping is there */
+pc_alive(ProcChanObject *self)
 {
-    (void)self;
+    if (__atomic_load_n(&self->corrupt, __ATOMIC_SEQ_CST)) {
+        raise_corrupt(self);
+        return 0;
+    }
     return 1;
-}
-
-/* Attached: lock the mutex, releasing the GIL if another thread or process holds it (it may be copying a
- * large message). 0, or -1 with an exception set. */
-static int
-pc_lock(ProcChanObject *self)
-{
-    gf_pc_shared *sh = self->sh;
-    int rc = pthread_mutex_trylock(&sh->mu);
-    if (rc == EBUSY) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = pthread_mutex_lock(&sh->mu);
-        Py_END_ALLOW_THREADS
-    }
-    rc = after_lock(sh, self->ring, rc);
-    if (rc != 0) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    return 0;
 }
 
 enum { PC_SEND = 0, PC_RECV = 1 };
@@ -304,11 +356,89 @@ enum { PC_SEND = 0, PC_RECV = 1 };
 #define PC_SPIN_NS (20 * 1000)
 #endif
 
+static int64_t
+ns_since(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - start->tv_sec) * 1000000000 + (now.tv_nsec - start->tv_nsec);
+}
+
+/* Attached: take the mutex. Another process may hold it for long (copying a large message, or stopped by
+ * SIGSTOP or a debugger), so a contended lock is waited for with the GIL released, in slices:
+ *   - d (NULL: no deadline) is honoured: TimeoutError when it passes;
+ *   - nowait: it never blocks: a peer's short hold (a copy) is spun out for up to PC_SPIN_NS, then it raises
+ *     WouldBlock, as for a full or empty channel;
+ *   - on the main thread, signals are checked every GF_SIGNAL_POLL_NS (Ctrl-C gets through).
+ * A dead owner's state is recovered. 0, or -1 with an exception set (the mutex is not held then). */
+static int
+pc_lock_until(ProcChanObject *self, const gf_deadline *d, int nowait)
+{
+    gf_pc_shared *sh = self->sh;
+    int rc = pthread_mutex_trylock(&sh->mu);
+    if (rc == EBUSY && nowait) {
+        struct timespec start;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        Py_BEGIN_ALLOW_THREADS
+        for (unsigned i = 1; rc == EBUSY; i++) {
+            gf_cpu_relax();
+            if ((i & 63) == 0 && ns_since(&start) > PC_SPIN_NS) {
+                break;
+            }
+            rc = pthread_mutex_trylock(&sh->mu);
+        }
+        Py_END_ALLOW_THREADS
+        if (rc == EBUSY) {
+            PyErr_SetString(self->st->WouldBlock, "ProcessChannel is busy: another process holds its lock");
+            return -1;
+        }
+    }
+    if (rc == EBUSY) {
+        int is_main = PyThread_get_thread_ident() == self->st->main_ident;
+        gf_deadline forever = {.infinite = 1};
+        if (d == NULL) {
+            d = &forever;
+        }
+        for (;;) {
+            if (gf_deadline_passed(d)) {
+                PyErr_SetString(PyExc_TimeoutError, "timed out (another process holds the channel's lock)");
+                return -1;
+            }
+            struct timespec at;
+            int bounded, polling;
+            pc_deadline_slice(d, is_main, &at, &bounded, &polling);
+            Py_BEGIN_ALLOW_THREADS
+            rc = bounded ? pthread_mutex_clocklock(&sh->mu, CLOCK_MONOTONIC, &at) : pthread_mutex_lock(&sh->mu);
+            Py_END_ALLOW_THREADS
+            if (rc != ETIMEDOUT) {
+                break;
+            }
+            if (is_main && PyErr_CheckSignals() < 0) {
+                return -1;
+            }
+        }
+    }
+    rc = after_lock(self, rc);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+pc_lock(ProcChanObject *self)
+{
+    return pc_lock_until(self, NULL, 0);
+}
+
 /* Detached, mutex free: spin reading the header (atomically: writers store these fields atomically) until
  * the operation may proceed, the channel is closed, or PC_SPIN_NS pass. */
 static void
-pc_spin(gf_pc_shared *sh, int kind, uint64_t need)
+pc_spin(ProcChanObject *self, int kind, uint64_t need)
 {
+    gf_pc_shared *sh = self->sh;
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (unsigned i = 1;; i++) {
@@ -316,10 +446,9 @@ pc_spin(gf_pc_shared *sh, int kind, uint64_t need)
         if (__atomic_load_n(&sh->closed, __ATOMIC_ACQUIRE)) {
             return;
         }
+        uint64_t used = __atomic_load_n(&sh->tail, __ATOMIC_ACQUIRE) - __atomic_load_n(&sh->head, __ATOMIC_ACQUIRE);
         if (kind == PC_RECV ? count > 0
-                            : count < sh->capacity &&
-                                  sh->ring_size - (__atomic_load_n(&sh->tail, __ATOMIC_ACQUIRE) -
-                                                   __atomic_load_n(&sh->head, __ATOMIC_ACQUIRE)) >= need) {
+                            : count < self->capacity && used <= self->ring_size && self->ring_size - used >= need) {
             return;
         }
         gf_cpu_relax();
@@ -333,9 +462,14 @@ pc_spin(gf_pc_shared *sh, int kind, uint64_t need)
 }
 
 /* Attached, mutex held: wait (detached) until the operation can proceed, the channel is closed, or the
- * deadline passes; on the main thread also checks for signals every 50 ms (releasing the mutex for it).
- * `need` is the record size for a send. Returns 0 ready, 1 closed (and, for a recv, empty), -1 error (the
- * mutex is released then), 2 would block (nowait). */
+ * deadline passes; on the main thread also checks for signals every 50 ms and on every EINTR (releasing the
+ * mutex for it). `need` is the record size for a send. Returns 0 ready, 1 closed (and, for a recv, empty),
+ * 2 would block (nowait), all with the mutex held; -1 error (the mutex is released then). The header is
+ * checked each time before it is trusted.
+ *
+ * Wake-ups go to every sleeper of a condition (pc_signal(..., INT_MAX)): waiters are unlike (a 16-byte
+ * sender fits where a 2 KiB one does not; a recv_bytes_into with a small buffer takes nothing), so a single
+ * wake-up could land on one that cannot use it while the one that could sleeps on. Waiters are few. */
 static int
 pc_wait(ProcChanObject *self, int kind, uint64_t need, const gf_deadline *d, int nowait)
 {
@@ -343,9 +477,12 @@ pc_wait(ProcChanObject *self, int kind, uint64_t need, const gf_deadline *d, int
     int is_main = PyThread_get_thread_ident() == self->st->main_ident;
     int spun = 0;
     for (;;) {
+        if (header_sane(self) < 0) {
+            return fail_corrupt(self);
+        }
         int ready, closed = sh->closed != 0;
         if (kind == PC_SEND) {
-            ready = sh->count < sh->capacity && sh->ring_size - (sh->tail - sh->head) >= need;
+            ready = sh->count < self->capacity && self->ring_size - (sh->tail - sh->head) >= need;
         }
         else {
             ready = sh->count > 0;
@@ -371,9 +508,9 @@ pc_wait(ProcChanObject *self, int kind, uint64_t need, const gf_deadline *d, int
             spun = 1;
             pthread_mutex_unlock(&sh->mu);
             Py_BEGIN_ALLOW_THREADS
-            pc_spin(sh, kind, need);
+            pc_spin(self, kind, need);
             Py_END_ALLOW_THREADS
-            if (pc_lock(self) < 0) {
+            if (pc_lock_until(self, d, 0) < 0) {
                 return -1;
             }
             continue;
@@ -381,26 +518,23 @@ pc_wait(ProcChanObject *self, int kind, uint64_t need, const gf_deadline *d, int
         struct timespec at;
         int bounded, polling, rc;
         pc_deadline_slice(d, is_main, &at, &bounded, &polling);
-        uint32_t *cv = kind == PC_SEND ? &sh->not_full : &sh->not_empty;
+        uint32_t *word = kind == PC_SEND ? &sh->not_full : &sh->not_empty;
         uint32_t *waiting = kind == PC_SEND ? &sh->send_waiting : &sh->recv_waiting;
-        (*waiting)++;
+        /* Counted and read under the mutex, so a signaler that runs after the unlock sees the count and
+         * bumps the word (the futex then does not sleep, or is woken). The count is atomic: it is taken back
+         * without the mutex, which may not be had again before the deadline. */
+        uint32_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        __atomic_add_fetch(waiting, 1, __ATOMIC_SEQ_CST);
+        pthread_mutex_unlock(&sh->mu);
         Py_BEGIN_ALLOW_THREADS
-        rc = pc_timedwait(sh, self->ring, cv, bounded ? &at : NULL);
+        rc = pc_futex_wait(word, seen, bounded ? &at : NULL);
         Py_END_ALLOW_THREADS
-        if (rc != 0 && rc != ETIMEDOUT) { /* the mutex could not be taken again: it is not held */
-            errno = rc;
-            PyErr_SetFromErrno(PyExc_OSError);
+        __atomic_sub_fetch(waiting, 1, __ATOMIC_SEQ_CST);
+        if (is_main && (rc == EINTR || (rc == ETIMEDOUT && polling)) && PyErr_CheckSignals() < 0) {
             return -1;
         }
-        (*waiting)--;
-        if (rc == ETIMEDOUT && polling) {
-            pthread_mutex_unlock(&sh->mu);
-            if (PyErr_CheckSignals() < 0) {
-                return -1;
-            }
-            if (pc_lock(self) < 0) {
-                return -1;
-            }
+        if (pc_lock_until(self, d, 0) < 0) {
+            return -1;
         }
     }
 }
@@ -431,13 +565,13 @@ pc_send_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     gf_pc_shared *sh = self->sh;
     uint64_t len = (uint64_t)view.len, need = rec_size(len);
-    if (need > sh->ring_size) {
+    if (need > self->ring_size) {
         PyErr_Format(PyExc_ValueError, "a message of %zd bytes does not fit in this channel's buffer of %llu "
                      "bytes (make it with a larger buffer_size)", view.len,
-                     (unsigned long long)(sh->ring_size - 8));
+                     (unsigned long long)(self->ring_size - 8));
         goto done;
     }
-    if (pc_lock(self) < 0) {
+    if (pc_lock_until(self, &d, nowait) < 0) {
         goto done;
     }
     int w = pc_wait(self, PC_SEND, need, &d, nowait);
@@ -452,13 +586,13 @@ pc_send_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     int wake;
     Py_BEGIN_ALLOW_THREADS
-    ring_put(sh, self->ring, sh->tail + 8, view.buf, len); /* the payload, then the length: then publish */
-    ring_put(sh, self->ring, sh->tail, &len, 8);
+    ring_put(self, sh->tail + 8, view.buf, len); /* the payload, then the length: then publish */
+    ring_put(self, sh->tail, &len, 8);
     __atomic_store_n(&sh->tail, sh->tail + need, __ATOMIC_RELEASE); /* read unlocked only by spinners */
     __atomic_store_n(&sh->count, sh->count + 1, __ATOMIC_RELEASE);
-    wake = sh->recv_waiting > 0;
+    wake = __atomic_load_n(&sh->recv_waiting, __ATOMIC_SEQ_CST) > 0;
     if (wake) {
-        pc_signal(&sh->not_empty, 1);
+        pc_signal(&sh->not_empty, INT_MAX); /* every receiver: see pc_wait */
     }
     pthread_mutex_unlock(&sh->mu);
     Py_END_ALLOW_THREADS
@@ -481,17 +615,17 @@ pc_send_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
 
 /* ---- recv ---------------------------------------------------------------------------------------- */
 
-/* Mutex held, count > 0: take the head record into dst (room for len bytes), advance, wake a sender,
- * unlock. */
+/* Mutex held, count > 0, len = head_len() checked: take the head record into dst (room for len bytes),
+ * advance, wake the senders, unlock. */
 static void
 take_head(ProcChanObject *self, void *dst, uint64_t len)
 {
     gf_pc_shared *sh = self->sh;
-    ring_get(sh, self->ring, sh->head + 8, dst, len);
+    ring_get(self, sh->head + 8, dst, len);
     __atomic_store_n(&sh->head, sh->head + rec_size(len), __ATOMIC_RELEASE);
     __atomic_store_n(&sh->count, sh->count - 1, __ATOMIC_RELEASE);
-    if (sh->send_waiting > 0) {
-        pc_signal(&sh->not_full, 1);
+    if (__atomic_load_n(&sh->send_waiting, __ATOMIC_SEQ_CST) > 0) {
+        pc_signal(&sh->not_full, INT_MAX); /* every sender: the room may suit one that is not first */
     }
     pthread_mutex_unlock(&sh->mu);
 }
@@ -524,7 +658,7 @@ pc_recv_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     gf_pc_shared *sh = self->sh;
     for (;;) {
-        if (pc_lock(self) < 0) {
+        if (pc_lock_until(self, &d, nowait) < 0) {
             return NULL;
         }
         int w = pc_wait(self, PC_RECV, 0, &d, nowait);
@@ -536,7 +670,11 @@ pc_recv_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
             raise_recv_outcome(self, w);
             return NULL;
         }
-        uint64_t len = head_len(sh, self->ring);
+        uint64_t len = head_len(self);
+        if (len == UINT64_MAX) {
+            fail_corrupt(self);
+            return NULL;
+        }
         if (len <= PC_SMALL) {
             unsigned char small[PC_SMALL];
             take_head(self, small, len);
@@ -549,11 +687,16 @@ pc_recv_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
         if (b == NULL) {
             return NULL;
         }
-        if (pc_lock(self) < 0) {
+        if (pc_lock_until(self, &d, nowait) < 0) {
             Py_DECREF(b);
             return NULL;
         }
-        if (sh->count > 0 && head_len(sh, self->ring) == len) {
+        if (header_sane(self) < 0) {
+            Py_DECREF(b);
+            fail_corrupt(self);
+            return NULL;
+        }
+        if (sh->count > 0 && head_len(self) == len) {
             char *dst = PyBytes_AS_STRING(b);
             Py_BEGIN_ALLOW_THREADS
             take_head(self, dst, len);
@@ -593,7 +736,7 @@ pc_recv_bytes_into_impl(PyObject *op, PyObject *args, PyObject *kwargs)
         goto done;
     }
     gf_pc_shared *sh = self->sh;
-    if (pc_lock(self) < 0) {
+    if (pc_lock_until(self, &d, nowait) < 0) {
         goto done;
     }
     int w = pc_wait(self, PC_RECV, 0, &d, nowait);
@@ -605,7 +748,11 @@ pc_recv_bytes_into_impl(PyObject *op, PyObject *args, PyObject *kwargs)
         raise_recv_outcome(self, w);
         goto done;
     }
-    uint64_t len = head_len(sh, self->ring);
+    uint64_t len = head_len(self);
+    if (len == UINT64_MAX) {
+        fail_corrupt(self);
+        goto done;
+    }
     if (len > (uint64_t)view.len) {
         pthread_mutex_unlock(&sh->mu);
         PyErr_Format(PyExc_ValueError, "buffer: the next message has %llu bytes, the buffer holds %zd "
@@ -706,12 +853,13 @@ static PyObject *
 pc_len_impl(PyObject *op, PyObject *ignored)
 {
     ProcChanObject *self = PC_CAST(op);
-    if (!pc_alive(self) || pc_lock(self) < 0) {
+    if (!pc_alive(self)) {
         return NULL;
     }
-    uint64_t n = self->sh->count;
-    pthread_mutex_unlock(&self->sh->mu);
-    return PyLong_FromUnsignedLongLong(n);
+    /* Read without the lock (stored atomically), so len() never waits for a peer; clamped, since the
+     * word is shared with processes that may write anything. */
+    uint64_t n = __atomic_load_n(&self->sh->count, __ATOMIC_ACQUIRE);
+    return PyLong_FromUnsignedLongLong(n < self->capacity ? n : self->capacity);
 }
 
 static PyObject *
@@ -733,8 +881,8 @@ pc_state_impl(PyObject *op, PyObject *ignored)
         return NULL;
     }
     gf_pc_shared *sh = self->sh;
-    PyObject *r = Py_BuildValue("{s:K,s:K,s:K,s:i,s:I}", "capacity", (unsigned long long)sh->capacity,
-                                "buffer_size", (unsigned long long)sh->ring_size, "count",
+    PyObject *r = Py_BuildValue("{s:K,s:K,s:K,s:i,s:I}", "capacity", (unsigned long long)self->capacity,
+                                "buffer_size", (unsigned long long)self->ring_size, "count",
                                 (unsigned long long)sh->count, "closed", (int)sh->closed, "refs", sh->refs);
     pthread_mutex_unlock(&sh->mu);
     return r;
@@ -787,9 +935,13 @@ pc_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &buffer_size)) {
         return NULL;
     }
-    const char *cname = PyUnicode_AsUTF8(name);
+    Py_ssize_t name_len;
+    const char *cname = PyUnicode_AsUTF8AndSize(name, &name_len);
     if (cname == NULL) {
         return NULL;
+    }
+    if ((size_t)name_len != strlen(cname)) {
+        return PyErr_Format(PyExc_ValueError, "name must not contain NUL characters: %R", name);
     }
     if (create && (capacity < 1 || buffer_size < 64 || buffer_size > ((unsigned long long)1 << 40))) {
         return PyErr_Format(PyExc_ValueError, "capacity must be >= 1 and buffer_size in [64, 2**40]");
@@ -811,6 +963,30 @@ pc_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             int e = errno;
             close(fd);
             shm_unlink(cname);
+            errno = e;
+            return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        }
+        /* Reserve the pages now. ftruncate only sets the size: on a small /dev/shm (Docker's default is
+         * 64 MiB) the first write to a page that finds no room would kill the process with SIGBUS. */
+        int e;
+        Py_BEGIN_ALLOW_THREADS
+        e = posix_fallocate(fd, 0, (off_t)map_size);
+        Py_END_ALLOW_THREADS
+        if (e != 0 && e != EOPNOTSUPP && e != EINVAL) { /* (those two: a file system without it: go on) */
+            close(fd);
+            shm_unlink(cname);
+            if (e == ENOSPC) {
+                PyObject *msg = PyUnicode_FromFormat("no space left in /dev/shm for a ProcessChannel of %zu "
+                                                     "bytes (buffer_size=%llu): make it with a smaller "
+                                                     "buffer_size, free space there, or enlarge it (docker "
+                                                     "run --shm-size=...)", map_size, buffer_size);
+                PyObject *exc_args = msg != NULL ? Py_BuildValue("(iN)", ENOSPC, msg) : NULL;
+                if (exc_args != NULL) {
+                    PyErr_SetObject(PyExc_OSError, exc_args);
+                    Py_DECREF(exc_args);
+                }
+                return NULL;
+            }
             errno = e;
             return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
         }
@@ -845,10 +1021,21 @@ pc_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
             return PyErr_NoMemory();
         }
     }
-    else if (__atomic_load_n(&sh->magic, __ATOMIC_ACQUIRE) != PC_MAGIC || sh->version != PC_VERSION ||
-             sh->ring_off + sh->ring_size != map_size) {
-        munmap(mem, map_size);
-        return PyErr_Format(PyExc_ValueError, "%R is not a gilfree ProcessChannel (or another version's)", name);
+    else {
+        /* The layout is checked once, here, against the size of the mapping, and kept in the handle: no
+         * later read of these fields from shared memory is trusted. (ring_size is compared with what the
+         * mapping holds after our own header size, so no sum can wrap around.) */
+        uint64_t ring_size = __atomic_load_n(&sh->ring_size, __ATOMIC_ACQUIRE);
+        uint64_t cap = __atomic_load_n(&sh->capacity, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&sh->magic, __ATOMIC_ACQUIRE) != PC_MAGIC || sh->version != PC_VERSION ||
+            sh->ring_off != header || ring_size != map_size - header || ring_size < 64 || (ring_size & 7) != 0 ||
+            cap < 1 || cap > ((uint64_t)1 << 40)) {
+            munmap(mem, map_size);
+            return PyErr_Format(PyExc_ValueError, "%R is not a gilfree ProcessChannel (or another version's, "
+                                "or its header is corrupt)", name);
+        }
+        ring = ring_size;
+        capacity = cap;
     }
     ProcChanObject *self = (ProcChanObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -861,7 +1048,9 @@ pc_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->st = st;
     self->sh = sh;
     self->map_size = map_size;
-    self->ring = (unsigned char *)mem + sh->ring_off;
+    self->ring = (unsigned char *)mem + header;
+    self->ring_size = ring;
+    self->capacity = capacity;
     self->name = Py_NewRef(name);
     if (!create) {
         if (pc_lock(self) < 0) {

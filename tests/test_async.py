@@ -334,3 +334,80 @@ def test_wait_for_recv_never_loses_values() -> None:
         return got
 
     assert sorted(run(main())) == list(range(n))
+
+
+def test_a_cancel_that_lands_as_a_send_completes_is_delivered_to_the_task() -> None:
+    """`while True: await ch.send_async(x)` cancelled at any moment must end cancelled: a cancel that landed
+    as its send completed used to be swallowed (the send returned, the loop went on, `await task` hung).
+    Every send that returned was received, and nothing else was."""
+    rounds = scaled(300)
+    ch: Channel[int] = Channel(0)
+    received: list[int] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            try:
+                received.append(ch.recv(timeout=0.01))
+            except TimeoutError:
+                pass
+
+    consumer = Background(consume)
+
+    async def main() -> tuple[list[int], int]:
+        rng = random.Random(5)
+        returned: list[int] = []
+        counter = iter(range(10**9))
+
+        async def pump() -> None:
+            while True:
+                i = next(counter)
+                await ch.send_async(i)
+                returned.append(i)
+
+        not_cancelled = 0
+        for _ in range(rounds):
+            task = asyncio.create_task(pump())
+            await asyncio.sleep(rng.choice([0, 0, 0.0001, 0.0003, 0.001]))
+            task.cancel()
+            try:
+                await asyncio.wait_for(task, 5)  # hung when the cancel was swallowed
+            except asyncio.CancelledError:
+                pass
+            if not task.cancelled():
+                not_cancelled += 1
+        return returned, not_cancelled
+
+    returned, not_cancelled = run(main())
+    stop.set()
+    consumer.join(30)
+    assert not_cancelled == 0
+    assert received == returned  # a send returned <=> its value was received, in order
+
+
+def test_a_cancel_owed_is_raised_before_the_next_operation_takes_anything() -> None:
+    """A task that never yields between sends (each completes at once) still gets its cancel: at its next
+    channel operation, before anything is sent or taken."""
+
+    async def main() -> None:
+        ch: Channel[int] = Channel(None)
+        gate: Channel[int] = Channel()
+        steps: list[str] = []
+
+        async def sender() -> None:
+            await gate.send_async(1)  # cancelled as it completes
+            steps.append("delivered")
+            for i in range(3):
+                await ch.send_async(i)  # unbounded: would complete at once, never yielding
+                steps.append(f"sent {i}")
+
+        task = asyncio.create_task(sender())
+        await asyncio.sleep(0.01)
+        assert gate.recv_nowait() == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert steps == ["delivered"]
+        assert len(ch) == 0
+
+    run(main())

@@ -146,15 +146,25 @@ def test_timeout() -> None:
 
 
 def test_fairness_chi_square() -> None:
-    """With every case ready, each is chosen with probability 1/k (chi-square test, p = 0.001)."""
+    """With every case ready, each is chosen with probability 1/k (chi-square test, p = 0.001). A uniform
+    select fails one sample in a thousand by chance: a second, independent sample must fail too (p = 1e-6),
+    while a biased one fails both."""
     k, n = 4, 10_000
     chans: list[Channel[int]] = [Channel(None) for _ in range(k)]
-    for ch in chans:
-        ch.send_many([0] * n)
-    counts = Counter(select(*(ch.recv for ch in chans))[0] for _ in range(n))
-    expected = n / k
-    chi2 = sum((counts[i] - expected) ** 2 / expected for i in range(k))
-    assert chi2 < 16.27, f"select is not uniform: {counts}"  # chi-square(3 dof) at p = 0.001
+    samples = []
+    for _ in range(2):
+        for ch in chans:
+            ch.send_many([0] * n)
+        counts = Counter(select(*(ch.recv for ch in chans))[0] for _ in range(n))
+        expected = n / k
+        chi2 = sum((counts[i] - expected) ** 2 / expected for i in range(k))
+        samples.append((chi2, counts))
+        if chi2 < 16.27:  # chi-square(3 dof) at p = 0.001
+            return
+        for ch in chans:
+            while len(ch):
+                ch.recv_nowait()
+    raise AssertionError(f"select is not uniform: {samples}")
 
 
 def test_same_channel_twice() -> None:

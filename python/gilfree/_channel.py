@@ -8,14 +8,16 @@ callable that hops back to the loop with ``loop.call_soon_threadsafe``.
 Cancellation: cancelling the awaiting task withdraws the pending operation in C, so nothing is sent or
 taken. If a peer completed it in the same instant: a recv puts the value it took back in front of the channel
 (the next receiver gets it) and the task is cancelled as asked; a send, whose value is already in a
-receiver's hands, returns normally (it happened), and the task's cancelling() count stays as the canceller
-left it, so asyncio.timeout() and wait_for() report the completed send instead of a timeout. Nothing is lost
-or duplicated.
+receiver's hands, returns normally (it happened), so asyncio.timeout() and wait_for() report the completed
+send instead of a timeout; the cancel is then delivered at the task's next step (or at its next channel
+operation, before anything is sent or taken), unless such a timeout context took it back. Nothing is lost or
+duplicated, and no cancel is swallowed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, AsyncIterator, TypeVar
 
 from . import _core
@@ -49,6 +51,32 @@ class _Notify:
             pass
 
 
+# Tasks whose cancel arrived as their send completed: the cancelling() count it was seen at. The send returns
+# (its value was delivered); the cancel is delivered again at the task's next step unless a timeout context
+# took it back meanwhile (asyncio.timeout()/wait_for() uncancel() on their way out).
+_owed: "weakref.WeakKeyDictionary[asyncio.Task[Any], int]" = weakref.WeakKeyDictionary()
+
+
+def _redeliver(task: "asyncio.Task[Any]") -> None:
+    n = _owed.pop(task, None)
+    if n is not None and not task.done() and task.cancelling() >= n:
+        # Still requested and nobody took it back: cancel again, keeping the count as the canceller left it.
+        task.uncancel()
+        task.cancel()
+
+
+def _pay_owed_cancel() -> None:
+    """At the start of an async operation: a cancel owed to this task (see _owed) is raised here, before
+    anything is sent or taken, if the task never yielded to the loop since (a busy loop of sends that all
+    complete at once would otherwise never see it)."""
+    task = asyncio.current_task()
+    if task is None:
+        return
+    n = _owed.pop(task, None)
+    if n is not None and task.cancelling() >= n:
+        raise asyncio.CancelledError()
+
+
 async def _await_op(op: Any, fut: asyncio.Future[None]) -> Any:
     if not op.done():
         try:
@@ -57,8 +85,14 @@ async def _await_op(op: Any, fut: asyncio.Future[None]) -> Any:
             if op.cancel():
                 raise  # withdrawn, or a received value put back: nothing was sent or taken
             # A send completed as we were cancelled: the value was delivered, so the send returns, as
-            # asyncio does for an operation that completed (the task's cancelling() count is left as the
-            # canceller set it: asyncio.timeout()/wait_for() then see a completed send, not a timeout).
+            # asyncio does for an operation that completed; asyncio.timeout()/wait_for() then see a
+            # completed send, not a timeout. The cancel itself is not swallowed: it is owed to the task and
+            # delivered at its next step (or its next gilfree operation), unless such a timeout context took
+            # it back (uncancel) on its way out.
+            task = asyncio.current_task()
+            if task is not None:
+                _owed[task] = task.cancelling()
+                task.get_loop().call_soon(_redeliver, task)
     return op.result()
 
 
@@ -91,6 +125,7 @@ class Channel(_core.Channel[T]):
 
     async def send_async(self, value: T) -> None:
         """Send from a coroutine; the event loop never blocks. Raises ChannelClosed like send()."""
+        _pay_owed_cancel()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         op = self._async_send(value, _Notify(loop, fut))
@@ -98,6 +133,7 @@ class Channel(_core.Channel[T]):
 
     async def recv_async(self) -> T:
         """Receive from a coroutine; the event loop never blocks. Raises ChannelClosed like recv()."""
+        _pay_owed_cancel()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         op = self._async_recv(_Notify(loop, fut))

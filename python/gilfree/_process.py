@@ -1,7 +1,8 @@
 """gilfree.ProcessChannel: a bounded channel between processes, its buffer in shared memory.
 
 The C core (src/procchan.c) keeps a ring of length-prefixed records in a POSIX shared-memory object, guarded
-by a robust process-shared mutex, with process-shared condition variables for the waits. This layer
+by a robust process-shared mutex; waiters sleep on futex words in that object (a process that dies while it
+waits leaves nothing behind, unlike a process-shared condition variable). This layer
 pickles values (protocol 5), names the object, and ties its lifetime to the handles and to
 multiprocessing's resource tracker.
 """
@@ -67,6 +68,10 @@ class ProcessChannel(Generic[T]):
     - The shared memory is unlinked when the last handle (in any process) is released (``release()``,
       garbage collection, or the exit of its process), and by multiprocessing's resource tracker if its
       processes crashed.
+    - Limits: the channel lives in ``/dev/shm`` and its pages are reserved when it is made, so a full
+      ``/dev/shm`` raises ``OSError(ENOSPC)`` there (never SIGBUS later). Any process of the same user can
+      open the name: a peer that writes garbage into it gets this handle's operations an ``OSError``
+      ("corrupt"), never a crash; a peer can still deny service (hold the lock, eat every message).
     - A process killed at any moment, even holding the channel's lock, never deadlocks the others (robust
       mutex): a message is delivered whole or not at all, never twice. A sender killed mid-send sent
       nothing; a receiver killed after taking a message took it with it.
@@ -81,8 +86,10 @@ class ProcessChannel(Generic[T]):
     def __init__(self, capacity: int = 1024, *, buffer_size: int = (1 << 20) + 4096) -> None:
         _check_int(capacity, "capacity", 1)
         _check_int(buffer_size, "buffer_size", 64)
+        if capacity > 1 << 40:
+            raise ValueError(f"capacity must be <= 2**40, not {capacity}")
         if buffer_size > 1 << 40:
-            raise ValueError("buffer_size must be <= 2**40")
+            raise ValueError(f"buffer_size must be <= 2**40, not {buffer_size}")
         name = f"/gilfree-{os.getpid()}-{secrets.token_hex(8)}"
         self._h = _core._ProcChan(name, True, capacity, buffer_size)
         _tracker("register", name)
@@ -164,27 +171,39 @@ class ProcessChannel(Generic[T]):
         return pickle.loads(self._h.recv_bytes(None, True))  # type: ignore[no-any-return]
 
     def send_many(self, values: Iterable[T], timeout: float | None = None) -> int:
-        """Send every value in order; returns the count. On close or timeout the exception's ``.sent``
-        says how many were delivered."""
+        """Send every value in order; returns the count. Whatever the error (closed, timeout, a value that
+        does not pickle, Ctrl-C), the exception's ``.sent`` says how many were delivered."""
         sent = 0
         try:
             for v in values:
                 self._h.send_bytes(pickle.dumps(v, protocol=5), timeout)
                 sent += 1
-        except (ChannelClosed, TimeoutError) as e:
-            e.sent = sent  # type: ignore[union-attr]
+        except BaseException as e:
+            try:
+                e.sent = sent  # type: ignore[attr-defined]
+            except AttributeError:  # an exception type that takes no attributes
+                pass
             raise
         return sent
 
     def recv_many(self, max_items: int, timeout: float | None = None) -> list[T]:
-        """1 to ``max_items`` values: what is there, waiting only for the first."""
+        """1 to ``max_items`` values: what is there, waiting only for the first.
+
+        A message that cannot be unpickled after some were taken raises that error with the values already
+        taken attached as ``.values`` (in order) and the message's bytes as ``.data``: nothing is lost."""
         _check_int(max_items, "max_items", 1)
         out = [self.recv(timeout)]
         while len(out) < max_items:
             try:
-                out.append(pickle.loads(self._h.recv_bytes(None, True)))
+                data = self._h.recv_bytes(None, True)
             except (_core.WouldBlock, ChannelClosed):
                 break
+            try:
+                out.append(pickle.loads(data))
+            except Exception as e:
+                e.values = out  # type: ignore[attr-defined]
+                e.data = data  # type: ignore[attr-defined]
+                raise
         return out
 
     def close(self) -> None:

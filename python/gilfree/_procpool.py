@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -88,6 +89,20 @@ class _Big:
 
         shm = shared_memory.SharedMemory(create=True, size=len(data))
         try:
+            # Reserve the pages: on a small /dev/shm a write to a page that finds no room kills the process
+            # with SIGBUS; this raises ENOSPC instead (the task's future fails with it).
+            fd = getattr(shm, "_fd", -1)
+            if fd >= 0:
+                try:
+                    os.posix_fallocate(fd, 0, len(data))
+                except OSError as e:
+                    shm.unlink()
+                    if e.errno == errno.ENOSPC:
+                        raise OSError(errno.ENOSPC, f"no space left in /dev/shm for a value of {len(data)} "
+                                      "bytes sent to a worker: free space there or enlarge it "
+                                      "(docker run --shm-size=...)") from None
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
             assert shm.buf is not None
             shm.buf[: len(data)] = data
             return pickle.dumps(_Big(shm.name, len(data)), protocol=5)
