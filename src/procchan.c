@@ -40,7 +40,7 @@
  *
  * Every wait releases the GIL. The main thread waits in slices of GF_SIGNAL_POLL_NS (50 ms) and checks for
  * signals between them and whenever a futex wait ends in EINTR (Ctrl-C, and handlers of frequent signals);
- * so does a wait for the mutex itself (pthread_mutex_clocklock in slices), which another process may hold
+ * so does a wait for the mutex itself (pthread_mutex_timedlock in slices), which another process may hold
  * for long: copying a large message, or stopped by SIGSTOP or a debugger. Timeouts bound that wait too, and
  * the nowait calls never block on it (WouldBlock after a short spin). A condition's wake-up goes to all its
  * sleepers (see pc_wait).
@@ -364,6 +364,29 @@ ns_since(const struct timespec *start)
     return (int64_t)(now.tv_sec - start->tv_sec) * 1000000000 + (now.tv_nsec - start->tv_nsec);
 }
 
+/* pthread_mutex_timedlock until `at` on CLOCK_MONOTONIC. timedlock measures on CLOCK_REALTIME, so the slice
+ * is converted; a clock step only lengthens or shortens one slice, and callers re-check their monotonic
+ * deadline after it. (Not pthread_mutex_clocklock: ThreadSanitizer does not intercept it, and would then see
+ * unlocks of a mutex it never saw locked.) */
+static int
+timedlock_until(pthread_mutex_t *mu, const struct timespec *at)
+{
+    struct timespec now, real;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t ns = (int64_t)(at->tv_sec - now.tv_sec) * 1000000000 + (at->tv_nsec - now.tv_nsec);
+    if (ns < 0) {
+        ns = 0;
+    }
+    clock_gettime(CLOCK_REALTIME, &real);
+    real.tv_sec += (time_t)(ns / 1000000000);
+    real.tv_nsec += (long)(ns % 1000000000);
+    if (real.tv_nsec >= 1000000000) {
+        real.tv_sec++;
+        real.tv_nsec -= 1000000000;
+    }
+    return pthread_mutex_timedlock(mu, &real);
+}
+
 /* Attached: take the mutex. Another process may hold it for long (copying a large message, or stopped by
  * SIGSTOP or a debugger), so a contended lock is waited for with the GIL released, in slices:
  *   - d (NULL: no deadline) is honoured: TimeoutError when it passes;
@@ -408,7 +431,7 @@ pc_lock_until(ProcChanObject *self, const gf_deadline *d, int nowait)
             int bounded, polling;
             pc_deadline_slice(d, is_main, &at, &bounded, &polling);
             Py_BEGIN_ALLOW_THREADS
-            rc = bounded ? pthread_mutex_clocklock(&sh->mu, CLOCK_MONOTONIC, &at) : pthread_mutex_lock(&sh->mu);
+            rc = bounded ? timedlock_until(&sh->mu, &at) : pthread_mutex_lock(&sh->mu);
             Py_END_ALLOW_THREADS
             if (rc != ETIMEDOUT) {
                 break;

@@ -1,7 +1,8 @@
 """gilfree.ThreadPool: a concurrent.futures.Executor whose workers are native threads (see src/pool.c).
 
-submit() is C all the way down. map() is lazy and streaming: it reads the inputs as it goes and keeps at
-most ``buffersize`` chunks in flight, so an endless generator works in bounded memory.
+submit() is C all the way down. map() submits every item at once, as the standard executors do; with
+``buffersize=N`` it is lazy and streaming instead: it reads the inputs as it goes and keeps at most N chunks
+in flight, so an endless generator works in bounded memory.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import collections
 import concurrent.futures as cf
 import itertools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -55,8 +57,8 @@ if hasattr(os, "register_at_fork"):
 
 
 class _StreamingMap:
-    """map() for the pools: lazy and streaming, ordered or not, chunked, with a Context. A pool provides
-    submit(), max_workers and _inline_runner() (a function that runs a not-yet-started future's task in the
+    """map() for the pools: eager, or lazy and streaming with buffersize; ordered or not, chunked, with a
+    Context. A pool provides submit(), max_workers and _inline_runner() (a function that runs a not-yet-started future's task in the
     calling thread, or None)."""
 
     if TYPE_CHECKING:
@@ -68,14 +70,14 @@ class _StreamingMap:
     def _inline_runner(self) -> Callable[[cf.Future[Any]], object] | None:
         return None
 
-    def _default_buffersize(self) -> int:
-        return 2 * self.max_workers
-
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, ordered: bool = True, buffersize: int | None = None,
             ctx: Any = None) -> Iterator[T]:
-        """Like Executor.map, but lazy and streaming: at most ``buffersize`` chunks are in flight (default:
-        ThreadPool 2 x workers, ProcessPool what its task channel holds, max(64, 2 x workers)). ``ordered=False`` yields in completion order. A task's exception is raised at its
+        """Executor.map. As the standard executors do, every item is submitted when map() is called, so the
+        results are there even after the pool is shut down (``with pool: it = pool.map(...)``, then
+        ``list(it)`` after the block). With ``buffersize=N`` (Python 3.14's parameter) it is lazy instead:
+        at most N chunks are in flight, and the input is read as results are consumed (an endless input
+        works; memory stays bounded). ``ordered=False`` yields in completion order. A task's exception is raised at its
         position and the pending tasks are cancelled. ThreadPool, in order: when the next result's task has
         not started yet, the consuming thread runs it itself instead of waiting for a worker (with the GIL
         that saves two hand-offs per item; the workers keep running the rest); not with a timeout. With ``ctx`` (a gilfree.Context), reading the input
@@ -87,7 +89,7 @@ class _StreamingMap:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         if buffersize is None:
-            buffersize = self._default_buffersize()
+            buffersize = sys.maxsize  # eager: every item submitted now
         if isinstance(buffersize, bool) or not isinstance(buffersize, int):
             raise TypeError("buffersize must be an int or None")
         if buffersize < 1:

@@ -33,6 +33,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import select as select_mod
 import struct
 import threading
 import time
@@ -51,8 +52,10 @@ T = TypeVar("T")
 
 __all__ = ["BrokenProcessPool", "ProcessPool"]
 
-_TASK = struct.Struct("<qI")
-_FN_CACHE_MAX = 256
+_TASK = struct.Struct("<qIB")     # task id, length of the pickled callable, whether workers may cache it
+_FN_CACHE_MAX = 256             # callables a worker keeps unpickled, at most...
+_FN_CACHE_BYTES = 1 << 20       # ...and their pickles' bytes, at most
+_FN_INLINE_MAX = 64 * 1024      # a larger pickled callable travels with the arguments (_apply)
 _BY_NAME = (types.FunctionType, types.BuiltinFunctionType, type)
 _NO_ARGS = pickle.dumps(((), {}), protocol=5)
 _RES = struct.Struct("<qB")
@@ -178,33 +181,75 @@ class _ExceptionWithTraceback:
         return (_rebuild_exc, (self.exc, self.tb))
 
 
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except BaseException:  # noqa: BLE001  (a __str__ that raises)
+        return f"<{type(obj).__name__} object: str() failed>"
+
+
 def _error_payload(exc: BaseException) -> bytes:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The pickled exception with its traceback text; never raises (the worker must live on): one that does
+    not pickle is replaced by a RuntimeError naming its type, even if its str() raises too."""
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # noqa: BLE001
+        text = f"{type(exc).__qualname__} (its traceback could not be formatted)\n"
     try:
         return _dumps(_ExceptionWithTraceback(exc, text))
-    except Exception as e:  # noqa: BLE001  (the exception itself does not pickle: send its text)
-        substitute = RuntimeError(f"{type(exc).__name__}: {exc} (the exception could not be pickled: {e!r})")
-        return _dumps(_ExceptionWithTraceback(substitute, text))
+    except BaseException as e:  # noqa: BLE001  (the exception itself does not pickle: send a substitute)
+        substitute = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {_safe_str(exc)} "
+                                  f"(the exception could not be pickled: {_safe_str(e)})")
+        try:
+            return _dumps(_ExceptionWithTraceback(substitute, text))
+        except BaseException:  # noqa: BLE001  (the text itself: cannot happen, but the worker must live on)
+            return _dumps(RuntimeError(f"{type(exc).__qualname__} (could not be pickled)"))
 
 
 # ---- the worker process --------------------------------------------------------------------------------
 
-def _parent_alive(ppid: int, owner: int) -> bool:
-    if os.getppid() != ppid:
-        return False
-    try:
-        os.kill(owner, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+class _ParentPipe:
+    """The read end of a pipe whose write end only the pool's process holds: it reads EOF once that process
+    has exited, zombie or not (``os.kill(pid, 0)`` takes a zombie for alive; ``getppid()`` is the forkserver
+    under forkserver). Passed to workers as an argument: a forked one inherits the descriptor, a spawned or
+    forkserver one gets a duplicate (multiprocessing's DupFd, during the start)."""
+
+    def __init__(self, fd: int, write_fd: int = -1) -> None:
+        self.fd = fd
+        self.write_fd = write_fd  # known only in the pool's process (a forked worker closes its copy)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing import reduction
+
+        return (_ParentPipe._rebuild, (reduction.DupFd(self.fd),))
+
+    @staticmethod
+    def _rebuild(dup: Any) -> _ParentPipe:
+        return _ParentPipe(dup.detach())
+
+    def parent_alive(self) -> bool:
+        poller = select_mod.poll()
+        poller.register(self.fd, select_mod.POLLIN)
+        try:
+            return not poller.poll(0)  # readable or hung up: EOF, every write end is closed
+        except OSError:
+            return False
 
 
-def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], owner: int,
+def _apply(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A large callable (a bound method of a model, a partial holding an array) travels with the arguments,
+    in a shared-memory block of its own when large, and is not cached by the worker."""
+    return fn(*args, **kwargs)
+
+
+def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], parent: _ParentPipe,
             initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
             max_tasks: int | None) -> None:
-    ppid = os.getppid()
+    if parent.write_fd >= 0:  # forked: this copy of the write end would keep the pipe open
+        try:
+            os.close(parent.write_fd)
+        except OSError:
+            pass
     pid = os.getpid()
     th, rh = tasks._h, results._h
 
@@ -215,7 +260,7 @@ def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], owner: int
                 rh.send_bytes(data, _PARENT_CHECK_S)
                 return True
             except TimeoutError:
-                if not _parent_alive(ppid, owner):
+                if not parent.parent_alive():
                     return False
             except ChannelClosed:
                 return False
@@ -227,30 +272,37 @@ def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], owner: int
             initializer(*initargs)
         except BaseException as e:  # noqa: BLE001
             _LOGGER.critical("Exception in initializer:", exc_info=True)
-            put(-1, _INIT_FAILED, pickle.dumps(f"{type(e).__name__}: {e}"))
+            # The parent waits for this process to exit on its own (its logging queues flush at exit)
+            # before it stops the others.
+            put(-1, _INIT_FAILED, pickle.dumps((pid, f"{type(e).__name__}: {_safe_str(e)}")))
             return
     done = 0
-    fns: dict[bytes, Any] = {}
+    fns: dict[bytes, Any] = {}  # callables that pickle by name (the parent says so), bounded in bytes
+    fns_bytes = 0
     while max_tasks is None or done < max_tasks:
         try:
             data = th.recv_bytes(_PARENT_CHECK_S)
         except TimeoutError:
-            if not _parent_alive(ppid, owner):
+            if not parent.parent_alive():
                 return
             continue
         except ChannelClosed:
             break
         except KeyboardInterrupt:  # Ctrl-C in the terminal reaches the workers too: the parent decides
             continue
-        tid, n = _TASK.unpack_from(data)
+        tid, n, cacheable = _TASK.unpack_from(data)
         try:
             key = data[_TASK.size:_TASK.size + n]
-            fn = fns.get(key)
+            fn = fns.get(key) if cacheable else None
             if fn is None:
                 fn = pickle.loads(key)
-                if len(fns) >= _FN_CACHE_MAX:
-                    fns.clear()
-                fns[key] = fn
+                if cacheable:
+                    if len(fns) >= _FN_CACHE_MAX or fns_bytes + len(key) > _FN_CACHE_BYTES:
+                        fns.clear()
+                        fns_bytes = 0
+                    fns[key] = fn
+                    fns_bytes += len(key)
+            del key
             args, kwargs = _loads(memoryview(data)[_TASK.size + n:])
             del data
             r = fn(*args, **kwargs)
@@ -295,32 +347,48 @@ class _State:
         self.tasks: ProcessChannel[Any] | None = None
         self.results: ProcessChannel[Any] | None = None
         self.released = False
+        self.parent: _ParentPipe | None = None  # made with the channels
+        self.init_failed: set[int] = set()  # workers whose initializer failed: they exit on their own
 
     # -- submitting (any thread) --
 
     def start(self) -> None:
-        """Create the channels, the first worker and the manager (on the first submit). More workers start
-        as tasks wait for one (grow), up to max_workers."""
-        self.tasks = ProcessChannel(_task_capacity(self.max_workers), buffer_size=_BUFFER)
-        self.results = ProcessChannel(min(_CAP_MAX, max(64, 4 * self.max_workers)), buffer_size=_BUFFER)
+        """Under the lock: create the channels, the first worker and the manager (on the first submit). More
+        workers start as tasks wait for one (grow), up to max_workers. If any of it fails, nothing is left
+        (no process, no channel), the pool is broken with the reason, and the error is raised."""
         try:
+            r, w = os.pipe()  # both ends close-on-exec; workers get a duplicate of r
+            self.parent = _ParentPipe(r, w)
+            self.tasks = ProcessChannel(_task_capacity(self.max_workers), buffer_size=_BUFFER)
+            self.results = ProcessChannel(min(_CAP_MAX, max(64, 4 * self.max_workers)), buffer_size=_BUFFER)
             self.spawn()
-        except BaseException:
+            manager = threading.Thread(target=_manage, args=(self,), name="gilfree-processpool-manager",
+                                       daemon=True)
+            manager.start()
+            self.manager = manager
+        except BaseException as e:
+            self.broken = f"The process pool could not start: {type(e).__name__}: {_safe_str(e)}"
             self.terminate_workers()
-            self.release_channels()
+            self._release_channels_locked()
             raise
-        self.manager = threading.Thread(target=_manage, args=(self,), name="gilfree-processpool-manager",
-                                        daemon=True)
-        self.manager.start()
 
     def spawn(self) -> None:
-        assert self.tasks is not None and self.results is not None
-        p = self.ctx.Process(target=_worker, args=(self.tasks, self.results, self.pid, self.initializer,
-                                                   self.initargs, self.max_tasks), daemon=True)
+        assert self.tasks is not None and self.results is not None and self.parent is not None
+        # Not daemonic: a task may start processes of its own (multiprocessing refuses that in a daemonic
+        # one). The workers still leave when this process is gone: they watch the parent pipe.
+        p = self.ctx.Process(target=_worker, args=(self.tasks, self.results, self.parent, self.initializer,
+                                                   self.initargs, self.max_tasks), daemon=False,
+                             name=f"gilfree-processpool-worker-{len(self.procs)}")
         p.start()
         self.procs[p.pid] = p
 
+    def check_process(self) -> None:
+        if os.getpid() != self.pid:
+            raise RuntimeError("this ProcessPool belongs to the process that made it (pid "
+                               f"{self.pid}); a forked child cannot use it: make a new pool there")
+
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        self.check_process()
         f: Future[Any] = Future()
         with self.lock:
             if self.broken is not None:
@@ -337,14 +405,23 @@ class _State:
             f.set_exception(e)
             return f
         with self.lock:
-            if self.broken is not None or self.shutting_down:  # while this one was pickled
+            if self.broken is not None:  # broke while this one was pickled: it was submitted before that
                 _discard_payload(_args_part(data))
-                if self.broken is not None:
-                    raise BrokenProcessPool(self.broken)
+                f.set_exception(BrokenProcessPool(self.broken))
+                return f
+            if self.shutting_down:
+                _discard_payload(_args_part(data))
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self.pending[tid] = f
-            if self.overflow or not self._hand_over(tid, f, data, False):
-                self.overflow.append((tid, f, data, False))
+            try:
+                if self.overflow or not self._hand_over(tid, f, data, False):
+                    self.overflow.append((tid, f, data, False))
+            except BaseException as e:  # noqa: BLE001  (cannot happen: tasks fit; never a stuck future)
+                self.pending.pop(tid, None)
+                _discard_payload(_args_part(data))
+                if not f.done():
+                    f.set_exception(e)
+                return f
             grow = len(self.procs) < self.max_workers and len(self.pending) > len(self.procs)
         if grow:
             self.wake()  # the manager starts another worker
@@ -353,7 +430,8 @@ class _State:
     def grow(self) -> None:
         """Manager thread: start workers while tasks outnumber them, up to max_workers (on demand, as
         ProcessPoolExecutor does for spawn and forkserver)."""
-        while self.broken is None and not self.shutting_down and len(self.procs) < self.max_workers \
+        # (also while shutting down: tasks submitted before the shutdown still deserve every worker)
+        while self.broken is None and len(self.procs) < self.max_workers \
                 and len(self.pending) > len(self.procs):
             try:
                 self.spawn()
@@ -364,15 +442,25 @@ class _State:
 
     def pack_task(self, tid: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> bytes:
-        fb = self.fn_cache.get(fn) if type(fn) in _BY_NAME else None
+        """A callable that pickles by name (a function, a class, a module's builtin) is pickled once per pool
+        and may be cached by the workers. Any other (a bound method, a partial) is pickled at every submit
+        and not cached (it may hold large data that differs each time); one larger than _FN_INLINE_MAX
+        travels with the arguments, which go in a shared-memory block of their own when large."""
+        by_name = type(fn) in _BY_NAME and (type(fn) is not types.BuiltinFunctionType
+                                            or isinstance(fn.__self__, types.ModuleType))
+        fb = self.fn_cache.get(fn) if by_name else None
         if fb is None:
             fb = pickle.dumps(fn, protocol=5)
-            if type(fn) in _BY_NAME and (type(fn) is not types.BuiltinFunctionType
-                                         or isinstance(fn.__self__, types.ModuleType)):
+            if by_name:
                 if len(self.fn_cache) >= _FN_CACHE_MAX:
                     self.fn_cache.clear()
                 self.fn_cache[fn] = fb
-        return _TASK.pack(tid, len(fb)) + fb + (_NO_ARGS if not args and not kwargs else _dumps((args, kwargs)))
+        if len(fb) > _FN_INLINE_MAX:
+            fb = self.fn_cache.get(_apply) or pickle.dumps(_apply, protocol=5)
+            self.fn_cache[_apply] = fb
+            return _TASK.pack(tid, len(fb), 1) + fb + _dumps(((fn, args, kwargs), {}))
+        return _TASK.pack(tid, len(fb), 1 if by_name else 0) + fb + (
+            _NO_ARGS if not args and not kwargs else _dumps((args, kwargs)))
 
     def _hand_over(self, tid: int, f: Future[Any], data: bytes, marked: bool) -> bool:
         """Put one task into ``tasks`` (the lock is held). False if it is full (the task stays pending)."""
@@ -400,6 +488,8 @@ class _State:
                     return
 
     def request_shutdown(self, cancel_futures: bool) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child's copy: the pool, its workers and its channels are the parent's
         cancelled: list[Future[Any]] = []
         with self.lock:
             self.shutting_down = True
@@ -433,7 +523,8 @@ class _State:
             if kind == _BYE:
                 self.said_bye.add(pickle.loads(memoryview(data)[_RES.size:]))
             elif kind == _INIT_FAILED:
-                why = pickle.loads(memoryview(data)[_RES.size:])
+                pid, why = pickle.loads(memoryview(data)[_RES.size:])
+                self.init_failed.add(pid)
                 self.break_pool(f"A child process terminated abruptly: its initializer raised {why}")
             return
         f = self.pending.pop(tid, None)  # (the manager thread is the only one that removes entries)
@@ -460,7 +551,9 @@ class _State:
         retired = 0
         for s in ended:
             pid = sentinels[s]
-            p = self.procs.pop(pid)
+            p = self.procs.pop(pid, None)
+            if p is None:  # the pool broke meanwhile (drain_results above): break_pool took them all
+                continue
             p.join()
             if pid in self.said_bye:
                 self.said_bye.discard(pid)
@@ -520,6 +613,14 @@ class _State:
                     pass
 
     def terminate_workers(self) -> None:
+        # A worker whose initializer failed exits on its own once it has reported it; give it time, so what
+        # it logged (through a QueueHandler, say) is flushed, as ProcessPoolExecutor does.
+        deadline = time.monotonic() + 5.0
+        for pid in list(self.init_failed):
+            p = self.procs.get(pid)
+            if p is not None:
+                p.join(max(0.0, deadline - time.monotonic()))
+        self.init_failed.clear()
         for p in self.procs.values():
             if p.exitcode is None:
                 p.terminate()
@@ -532,11 +633,21 @@ class _State:
 
     def release_channels(self) -> None:
         with self.lock:
-            self.released = True
-            for ch in (self.tasks, self.results):
-                if ch is not None:
-                    ch.close()
-                    ch.release()
+            self._release_channels_locked()
+
+    def _release_channels_locked(self) -> None:
+        self.released = True
+        for ch in (self.tasks, self.results):
+            if ch is not None:
+                ch.close()
+                ch.release()
+        if self.parent is not None:  # the workers see EOF on their parent pipe
+            for fd in (self.parent.write_fd, self.parent.fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.parent = None
 
     def idle_and_done(self) -> bool:
         with self.lock:
@@ -583,8 +694,11 @@ def _manage(st: _State) -> None:
                         st.break_pool("The process pool's workers ended before every task had finished.")
                     break
     except BaseException:  # noqa: BLE001  (a bug here must not leave futures waiting forever)
-        st.break_pool("The process pool's manager thread failed:\n" + traceback.format_exc())
-        raise
+        # Nothing escapes the pool's own thread: the futures carry the reason.
+        try:
+            st.break_pool("The process pool's manager thread failed:\n" + traceback.format_exc())
+        except BaseException:  # noqa: BLE001
+            pass
     finally:
         if st.broken is not None:
             st.terminate_workers()
@@ -628,7 +742,7 @@ class ProcessPool(_StreamingMap, cf.Executor):
       ``asyncio.wrap_future``). Arguments, results and exceptions are pickled; a task that cannot be pickled
       fails its future. An exception keeps the worker's traceback as its ``__cause__``.
     - ``map(fn, *iterables, timeout=None, chunksize=1, ordered=True, buffersize=None, ctx=None)``: ordered,
-      lazy (at most ``buffersize`` chunks in flight, default max(64, 2 x workers)), as ThreadPool.map.
+      every item submitted at once (lazy with ``buffersize=N``: at most N chunks in flight), as ThreadPool.map.
     - ``shutdown(wait=True, *, cancel_futures=False)``: submitted tasks finish unless cancelled; idempotent.
       A task is running (cannot be cancelled) once it is handed to the workers' channel, which holds
       max(64, 2 x max_workers) tasks; those submitted beyond wait in the parent and can be cancelled.
@@ -700,13 +814,11 @@ class ProcessPool(_StreamingMap, cf.Executor):
         """No new tasks; the submitted ones finish (``cancel_futures=True`` cancels those not yet handed to
         a worker). ``wait=True`` returns once every worker has ended. Idempotent."""
         st = self._s
+        st.check_process()
         st.request_shutdown(cancel_futures)
         if wait and st.manager is not None and st.manager is not threading.current_thread():
             st.manager.join()
 
     def _inline_runner(self) -> None:
         return None
-
-    def _default_buffersize(self) -> int:
-        return _task_capacity(self._s.max_workers)  # enough tasks in flight to cover a round trip
 
