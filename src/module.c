@@ -108,9 +108,80 @@ after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* Atomic int64 slots in a writable buffer (a shared mapping between processes: ProcessPool's claims).
+ * -1 with ValueError unless the slot is inside the buffer and 8-byte aligned. */
+static int64_t *
+shm_slot(Py_buffer *view, Py_ssize_t index)
+{
+    if (index < 0 || index > view->len / 8 - 1 || ((uintptr_t)view->buf & 7) != 0) {
+        PyErr_Format(PyExc_ValueError, "index %zd is outside the buffer's %zd aligned 8-byte slots", index,
+                     view->len / 8);
+        return NULL;
+    }
+    return (int64_t *)view->buf + index;
+}
+
+static PyObject *
+shm_cas(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t index;
+    long long expected, desired;
+    if (!PyArg_ParseTuple(args, "w*nLL:_shm_cas", &view, &index, &expected, &desired)) {
+        return NULL;
+    }
+    int64_t *slot = shm_slot(&view, index);
+    PyObject *r = NULL;
+    if (slot != NULL) {
+        int64_t e = expected;
+        r = PyBool_FromLong(__atomic_compare_exchange_n(slot, &e, (int64_t)desired, 0, __ATOMIC_SEQ_CST,
+                                                        __ATOMIC_SEQ_CST));
+    }
+    PyBuffer_Release(&view);
+    return r;
+}
+
+static PyObject *
+shm_store(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t index;
+    long long value;
+    if (!PyArg_ParseTuple(args, "w*nL:_shm_store", &view, &index, &value)) {
+        return NULL;
+    }
+    int64_t *slot = shm_slot(&view, index);
+    if (slot != NULL) {
+        __atomic_store_n(slot, (int64_t)value, __ATOMIC_SEQ_CST);
+    }
+    PyBuffer_Release(&view);
+    if (slot == NULL) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+shm_load(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t index;
+    if (!PyArg_ParseTuple(args, "w*n:_shm_load", &view, &index)) {
+        return NULL;
+    }
+    int64_t *slot = shm_slot(&view, index);
+    PyObject *r = slot != NULL ? PyLong_FromLongLong(__atomic_load_n(slot, __ATOMIC_SEQ_CST)) : NULL;
+    PyBuffer_Release(&view);
+    return r;
+}
+
 static PyMethodDef module_methods[] = {
     {"_after_fork_child", after_fork_child, METH_NOARGS,
      "_after_fork_child() (os.register_at_fork): the forking thread is the child's main thread now"},
+    {"_shm_cas", shm_cas, METH_VARARGS,
+     "_shm_cas(buffer, index, expected, desired) -> bool: atomic compare-and-swap of int64 slot `index`"},
+    {"_shm_store", shm_store, METH_VARARGS, "_shm_store(buffer, index, value): atomic store of an int64 slot"},
+    {"_shm_load", shm_load, METH_VARARGS, "_shm_load(buffer, index) -> int: atomic load of an int64 slot"},
     {NULL, NULL, 0, NULL},
 };
 

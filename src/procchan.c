@@ -20,8 +20,10 @@
  *     record is published by one store, so a reader never sees a torn message, whoever dies when.
  *   - A receiver copies the whole record out first and only then advances head.
  *   - Once closed, never open again; receivers drain what is there, then get ChannelClosed.
- * Lifetime: the creator's handle owns the name (shm_unlink when it is released); other handles only map
- * it. The memory goes when the last process unmaps it.
+ * Lifetime: refs counts the handles in every process plus the pickled handles not yet attached (a pickle
+ * adds one, the handle that attaches it takes that one over); the release that takes it to 0 removes the
+ * name (shm_unlink), so a child may attach after the creator let go. The memory goes when the last process
+ * unmaps it. A forked child's copy of a handle holds no reference of its own (it only unmaps).
  * Robustness: the mutex is PTHREAD_MUTEX_ROBUST. If a process dies holding it, the next locker gets
  * EOWNERDEAD: it recomputes count by walking the records from head to tail (the one field a death between
  * two stores can leave stale), marks the mutex consistent and goes on. A sender killed mid-copy leaves
@@ -82,7 +84,8 @@ typedef struct {
     uint64_t capacity;     /* messages */
     uint64_t head, tail;   /* byte counts, only growing */
     uint64_t count;        /* messages in the ring */
-    uint32_t refs;         /* handles attached, in every process */
+    uint32_t refs;         /* handles, in every process, plus pickled handles not yet attached (add_ref);
+                              the release that takes it to 0 unlinks the name */
     uint32_t recv_waiting, send_waiting;
     uint32_t pad;
     uint64_t ring_off;     /* offset of the ring from the start of the object */
@@ -830,27 +833,38 @@ pc_close(PyObject *op, PyObject *ignored)
     return r;
 }
 
-/* Detach this handle (unmap); with unlink (the creator's handle) also remove the name, so nothing more can
- * attach: the memory itself goes once every process has unmapped it. Idempotent. */
+/* Detach this handle (unmap; the memory itself goes once every process has unmapped it). Idempotent.
+ * mode PC_UNMAP: only that (a forked child's copy of a handle, which holds no reference of its own);
+ * PC_DROP: also drop this handle's reference, and remove the name if it was the last one (handles and
+ * pickled handles in flight, in every process); PC_FORCE: drop it and remove the name whatever the count
+ * (an owner that knows every user is gone). Returns True if the name was removed here. */
+enum { PC_UNMAP = 0, PC_DROP = 1, PC_FORCE = 2 };
+
 static PyObject *
-pc_release_impl(ProcChanObject *self, int unlink)
+pc_release_impl(ProcChanObject *self, int mode)
 {
     if (!pc_enter(self)) { /* already released: idempotent */
         PyErr_Clear();
-        Py_RETURN_NONE;
+        Py_RETURN_FALSE;
     }
     if (__atomic_exchange_n(&self->released, 1, __ATOMIC_SEQ_CST)) { /* another thread released it */
         pc_leave(self);
-        Py_RETURN_NONE;
+        Py_RETURN_FALSE;
     }
     gf_pc_shared *sh = self->sh;
-    if (pc_lock(self) < 0) {
-        __atomic_store_n(&self->released, 0, __ATOMIC_SEQ_CST);
-        pc_leave(self);
-        return NULL;
+    int unlink = mode == PC_FORCE;
+    if (mode != PC_UNMAP) {
+        if (pc_lock(self) < 0) {
+            __atomic_store_n(&self->released, 0, __ATOMIC_SEQ_CST);
+            pc_leave(self);
+            return NULL;
+        }
+        if (sh->refs > 0) { /* (a count another process wrote: never below 0) */
+            sh->refs--;
+        }
+        unlink = unlink || sh->refs == 0;
+        pthread_mutex_unlock(&sh->mu);
     }
-    sh->refs--;
-    pthread_mutex_unlock(&sh->mu);
     pc_leave(self); /* unmaps now, or when the last operation in progress on this handle returns */
     if (unlink) {
         const char *name = PyUnicode_AsUTF8(self->name);
@@ -859,17 +873,45 @@ pc_release_impl(ProcChanObject *self, int unlink)
         }
         (void)shm_unlink(name);
     }
-    Py_RETURN_NONE;
+    return PyBool_FromLong(unlink);
 }
 
 static PyObject *
 pc_release(PyObject *op, PyObject *args)
 {
-    int unlink = 0;
-    if (!PyArg_ParseTuple(args, "|p:release", &unlink)) {
+    int mode = PC_UNMAP;
+    if (!PyArg_ParseTuple(args, "|i:release", &mode)) {
         return NULL;
     }
-    return pc_release_impl(PC_CAST(op), unlink);
+    if (mode < PC_UNMAP || mode > PC_FORCE) {
+        return PyErr_Format(PyExc_ValueError, "mode must be 0, 1 or 2, not %d", mode);
+    }
+    return pc_release_impl(PC_CAST(op), mode);
+}
+
+/* A pickled handle is in flight: it holds a reference until a process attaches it (which takes the
+ * reference over) or the name is removed anyway. */
+static PyObject *
+pc_add_ref_impl(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ProcChanObject *self = PC_CAST(op);
+    if (!pc_alive(self) || pc_lock(self) < 0) {
+        return NULL;
+    }
+    self->sh->refs++;
+    pthread_mutex_unlock(&self->sh->mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pc_add_ref(PyObject *op, PyObject *ignored)
+{
+    if (!pc_enter(PC_CAST(op))) {
+        return NULL;
+    }
+    PyObject *r = pc_add_ref_impl(op, ignored);
+    pc_leave(PC_CAST(op));
+    return r;
 }
 
 static PyObject *
@@ -1075,14 +1117,7 @@ pc_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->ring_size = ring;
     self->capacity = capacity;
     self->name = Py_NewRef(name);
-    if (!create) {
-        if (pc_lock(self) < 0) {
-            Py_DECREF(self);
-            return NULL;
-        }
-        sh->refs++; /* informational (state()): the creator's handle owns the name */
-        pthread_mutex_unlock(&sh->mu);
-    }
+    /* An attaching handle takes over the reference its pickle held (add_ref): refs is not changed here. */
     return (PyObject *)self;
 }
 
@@ -1092,7 +1127,7 @@ pc_dealloc(PyObject *op)
     ProcChanObject *self = PC_CAST(op);
     PyTypeObject *tp = Py_TYPE(op);
     if (!__atomic_load_n(&self->released, __ATOMIC_SEQ_CST)) { /* the Python layer releases explicitly */
-        PyObject *r = pc_release_impl(self, 0);
+        PyObject *r = pc_release_impl(self, PC_UNMAP);
         if (r == NULL) {
             PyErr_WriteUnraisable(op);
         }
@@ -1123,7 +1158,10 @@ static PyMethodDef pc_methods[] = {
     {"recv_bytes_into", (PyCFunction)(void (*)(void))pc_recv_bytes_into, METH_VARARGS | METH_KEYWORDS,
      "recv_bytes_into(buffer, timeout=None, nowait=False)"},
     {"close", pc_close, METH_NOARGS, "close()"},
-    {"release", pc_release, METH_VARARGS, "release(unlink=False): unmap; with unlink also remove the name"},
+    {"release", pc_release, METH_VARARGS,
+     "release(mode=0) -> bool: unmap; 1: also drop this handle's reference and remove the name if it was the "
+     "last; 2: drop it and remove the name anyway. True if the name was removed."},
+    {"add_ref", pc_add_ref, METH_NOARGS, "add_ref(): a pickled handle is in flight (see release)"},
     {"count", pc_len, METH_NOARGS, "count() -> messages waiting"},
     {"state", pc_state, METH_NOARGS, "state() -> dict"},
     {NULL, NULL, 0, NULL},

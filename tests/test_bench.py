@@ -8,10 +8,14 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import gilfree.bench
 from gilfree import bench
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,3 +198,38 @@ def test_notebook_executes() -> None:
     assert len(drawing) == 3
     for c in drawing:
         assert any("image/png" in o.get("data", {}) for o in c.outputs), f"no image from: {c.source[:60]!r}"
+
+
+def test_cli_refuses_impossible_worker_counts_and_bad_pythons_at_once(tmp_path: Any) -> None:
+    """--workers 10000 used to start writing ~120 GB of data files; a --python that cannot run, or a --json
+    that names a directory, was found only after the whole local run. All are refused before any work."""
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gilfree.bench", "--tiny", "--no-progress", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    (tmp_path / "out.json").mkdir()
+    before = set(os.listdir(tempfile.gettempdir()))
+    for args, why in [(("--workers", "10000", "--scenario", "io_sleep"), "at most"),
+                      (("--python", "/bin/false"), "is not a Python that imports gilfree"),
+                      (("--python", "/bin/true"), "is not a Python that imports gilfree"),
+                      (("--json", str(tmp_path / "out.json")), "is a directory")]:
+        t0 = time.monotonic()
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert why in r.stderr, (args, r.stderr)
+        assert time.monotonic() - t0 < 30, args
+    assert not {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("gilfree-bench")}
+
+
+def test_data_files_are_written_only_for_the_scenarios_that_read_them(tmp_path: Any) -> None:
+    from gilfree.bench import TINY, scenarios
+
+    p = scenarios.plan(TINY, 2, ["io_sleep"])
+    scenarios.build(p, str(tmp_path), ["io_sleep"])
+    assert os.listdir(tmp_path) == []
+    scenarios.build(p, str(tmp_path), ["io_files"])
+    assert len(os.listdir(tmp_path)) == p.files
+    big = scenarios.plan(TINY, 10000, ["io_files"])
+    assert scenarios.data_bytes(big) > scenarios.MAX_DATA_BYTES
+    with pytest.raises(ValueError, match="workers"):
+        gilfree.bench.run(["io_files"], [10000], sizes=TINY)

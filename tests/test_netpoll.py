@@ -95,17 +95,21 @@ def test_wait_functions(pair: tuple[socket.socket, socket.socket]) -> None:
     assert wait_writable(a, timeout=1) is a
     with pytest.raises(TimeoutError):
         wait_readable(a, timeout=0.05)
-    threading.Timer(0.05, b.send, (b"x",)).start()
+    t = threading.Timer(0.05, b.send, (b"x",))
+    t.start()
     assert wait_readable(a, timeout=5) is a
     assert wait_readable(a.fileno()) == a.fileno()
+    t.join()  # (the sender may still be returning from send(): not before the fixture closes b)
 
 
 def test_parked_select_woken_by_the_fd_or_by_a_channel(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     ch: Channel[int] = Channel()
-    threading.Timer(0.05, b.send, (b"x",)).start()
+    t = threading.Timer(0.05, b.send, (b"x",))
+    t.start()
     assert select(ch.recv, readable(a), timeout=5) == (1, a)
     a.recv(10)
+    t.join()
     threading.Timer(0.05, ch.send, (7,)).start()
     assert select(ch.recv, readable(a), timeout=5) == (0, 7)
     out: Channel[int] = Channel()

@@ -494,3 +494,30 @@ def test_many_threads_and_a_corrupting_peer_never_crash() -> None:
         timeout=120,
     )
     assert out.strip() == "survived []", out
+
+
+# ---- a child attaches after the creator let go -------------------------------------------------------------
+
+def consume_all(ch: ProcessChannel[int], out: Any) -> None:
+    out.put(list(ch))
+    ch.release()
+
+
+@pytest.mark.skipif(bool(SANITIZER), reason="worker processes under a sanitizer")
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_child_attaches_after_the_creator_released_its_handle(method: str) -> None:
+    """The pickled handle in flight keeps the name: the creator may let go right after Process.start()."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context(method)
+    ch: ProcessChannel[int] = ProcessChannel(8)
+    ch.send_many(range(5))
+    ch.close()
+    out = ctx.SimpleQueue()
+    p = ctx.Process(target=consume_all, args=(ch, out))
+    p.start()
+    ch.release()  # before the child attached
+    assert out.get() == [0, 1, 2, 3, 4]
+    p.join(60)
+    assert p.exitcode == 0
+    assert not os.path.exists("/dev/shm" + ch.name)  # the last release removed it

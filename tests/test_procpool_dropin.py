@@ -324,3 +324,54 @@ def test_workers_leave_when_the_owner_exits_even_as_a_zombie() -> None:
     r = run_child(code, timeout=60)  # reads stdout to EOF, then reaps: hung for ever before
     assert r.stdout.strip() == "5"
     assert time.monotonic() - t0 < 30
+
+
+# ---- cancellation of tasks that wait in the workers' channel --------------------------------------------------
+
+def test_shutdown_cancel_futures_cancels_what_no_worker_took() -> None:
+    """CPython's test_shutdown.test_cancel_futures: with few workers, most of 50 queued tasks are cancelled
+    (it cancelled none: they sat in the workers' channel and counted as running), and quickly."""
+    for ctx in (FORK, SPAWN):
+        pool = ProcessPool(2, mp_context=ctx)
+        pool.submit(square, 1).result(60)  # started
+        fs = [pool.submit(time.sleep, 0.1) for _ in range(50)]
+        t0 = time.monotonic()
+        pool.shutdown(cancel_futures=True)
+        cancelled = [f for f in fs if f.cancelled()]
+        assert len(cancelled) > 20, len(cancelled)
+        assert all(f.done() for f in fs)
+        assert time.monotonic() - t0 < 3  # not 50 x 0.1 s / 2 workers
+
+
+def record_and_sleep(ch: gilfree.ProcessChannel[int], i: int, seconds: float) -> int:
+    ch.send(i)
+    time.sleep(seconds)
+    return i
+
+
+def test_a_cancelled_task_never_runs_and_every_other_does() -> None:
+    """Random cancels race the workers taking tasks from the channel: cancel() == True means the task never
+    ran; every task not cancelled ran exactly once and completed."""
+    ran: gilfree.ProcessChannel[int] = gilfree.ProcessChannel(4096)
+    try:
+        with ProcessPool(2, mp_context=FORK) as pool:
+            fs = [pool.submit(record_and_sleep, ran, i, 0.002) for i in range(600)]
+            said: dict[int, bool] = {}
+            for i in range(0, 600, 3):
+                said[i] = fs[i].cancel()
+                if i % 30 == 0:
+                    time.sleep(0.01)
+            results = {}
+            for i, f in enumerate(fs):
+                if f.cancelled():
+                    assert said.get(i) is True
+                else:
+                    results[i] = f.result(60)
+        got = []
+        while len(ran):
+            got.append(ran.recv())
+        assert sorted(got) == sorted(results)  # ran <=> not cancelled, each once
+        assert all(results[i] == i for i in results)
+        assert sum(said.values()) > 0 and not all(said.values())  # both outcomes happened
+    finally:
+        ran.release()

@@ -27,6 +27,7 @@ __all__ = ["ProcessChannel"]
 _RECORD_OVERHEAD = 8 + 8  # a record's length prefix and its padding, at most
 _live: weakref.WeakSet[ProcessChannel[Any]] = weakref.WeakSet()
 _live_lock = threading.Lock()
+_exit_pid = -1  # the process in which _release_all_at_exit is registered with multiprocessing's finalizers
 
 
 def _tracker(op: str, name: str) -> None:
@@ -93,23 +94,36 @@ class ProcessChannel(Generic[T]):
         name = f"/gilfree-{os.getpid()}-{secrets.token_hex(8)}"
         self._h = _core._ProcChan(name, True, capacity, buffer_size)
         _tracker("register", name)
-        self._owner = True
         self._register()
 
     def _register(self) -> None:
+        global _exit_pid
         self._pid = os.getpid()
         with _live_lock:
             _live.add(self)
+            if _exit_pid != self._pid:
+                # Processes started by multiprocessing under fork and forkserver end with os._exit, which
+                # runs no atexit handler, but they run multiprocessing's finalizers: release there too (a
+                # handle attached there holds a reference to the name). A process being started clears
+                # those finalizers after it unpickled its arguments (this runs then): its after-fork hooks
+                # register it again.
+                from multiprocessing import util
+
+                util.Finalize(None, _release_all_at_exit, exitpriority=0)
+                util.register_after_fork(self, _after_mp_start)
+                _exit_pid = self._pid
 
     @classmethod
     def _attach(cls, name: str) -> ProcessChannel[Any]:
         self: ProcessChannel[Any] = cls.__new__(cls)
         self._h = _core._ProcChan(name, False)
-        self._owner = False
         self._register()
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # The pickle holds a reference until a process attaches it (the handle made there takes it over):
+        # the name stays while it is in flight, even if every handle is released meanwhile.
+        self._h.add_ref()
         return (ProcessChannel._attach, (self.name,))
 
     # ---- state ------------------------------------------------------------------------------------------
@@ -211,14 +225,20 @@ class ProcessChannel(Generic[T]):
         self._h.close()
 
     def release(self) -> None:
-        """Detach this handle; the channel stays open for the handles of other processes. The creator's
-        handle also removes the name, so no process can attach after it (the memory goes once every process
-        has let go). Idempotent; done too when the handle is collected and when its process exits."""
+        """Detach this handle; the channel stays open for the handles of other processes. The name is
+        removed when the last handle, in any process, is released, counting handles pickled and not yet
+        attached (a child started with this channel can attach after the creator let go). Idempotent; done
+        too when the handle is collected and when its process exits."""
+        self._release(force=False)
+
+    def _release(self, force: bool) -> None:
+        """force: remove the name whatever the count (an owner, such as ProcessPool, that knows every user
+        is gone, even one killed while it held a reference)."""
         if self._h.released:
             return
-        owner = self._owner and self._pid == os.getpid()  # a forked child's copy does not own the name
-        self._h.release(owner)
-        if owner:
+        # A forked child's inherited copy holds no reference of its own: it only unmaps.
+        mode = (2 if force else 1) if self._pid == os.getpid() else 0
+        if self._h.release(mode):
             _tracker("unregister", self.name)
 
     def __iter__(self) -> Iterator[T]:
@@ -242,6 +262,12 @@ class ProcessChannel(Generic[T]):
                 self.release()
             except Exception:  # noqa: BLE001  (at interpreter shutdown)
                 pass
+
+
+def _after_mp_start(_: object) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, _release_all_at_exit, exitpriority=0)
 
 
 def _release_all_at_exit() -> None:

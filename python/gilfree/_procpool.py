@@ -11,11 +11,12 @@ control kinds). The id comes first
 and unpickled, so a payload that fails to unpickle still fails the right future. A pickle larger than
 ``_INLINE_MAX`` travels in a shared-memory block of its own (``_Big``): the receiver reads and unlinks it.
 
-Lifecycle of a task (what cancel() can stop, as in ProcessPoolExecutor): submit pickles it; it goes
-straight into ``tasks`` when that has room and nothing waits before it, else into ``overflow``, which the
-manager moves on as the workers take tasks. A task is marked running when it enters ``tasks``: up to
-max(64, 2 x max_workers) of them (enough to keep the workers busy across a round trip); the rest can
-still be cancelled.
+Lifecycle of a task (what cancel() can stop): submit pickles it; it goes straight into ``tasks`` when that
+has room and nothing waits before it, else into ``overflow``, which the manager moves on as the workers take
+tasks. ``tasks`` holds up to max(64, 2 x max_workers) of them (enough to keep the workers busy across a round
+trip). Until a worker takes it, a task can be cancelled, wherever it waits: in ``overflow`` it is dropped; in
+``tasks`` its claim slot (``_Claims``) decides, by one compare-and-swap in shared memory, whether the worker
+or the cancel gets it; a worker that loses skips it and says so (_SKIPPED).
 
 Worker lifecycle: every worker that stops on purpose (``tasks`` closed at shutdown, or max_tasks_per_child
 reached) sends a _BYE result first. A worker found dead without one (a crash, os._exit, a signal) breaks the
@@ -32,7 +33,9 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import mmap
 import pickle
+import secrets
 import select as select_mod
 import struct
 import threading
@@ -43,23 +46,26 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, TypeVar
 
-from ._core import ChannelClosed, WouldBlock
+from ._core import ChannelClosed, WouldBlock, _shm_cas, _shm_load, _shm_store
 from ._future import Future
 from ._pool import _StreamingMap
-from ._process import ProcessChannel
+from ._process import ProcessChannel, _tracker
 
 T = TypeVar("T")
 
 __all__ = ["BrokenProcessPool", "ProcessPool"]
 
-_TASK = struct.Struct("<qIB")     # task id, length of the pickled callable, whether workers may cache it
+_TASK_CLAIM = struct.Struct("<qq")
+_TASK = struct.Struct("<qqqIB")   # task id, claim slot, claim token (both set at hand-over), length of the
+                                #   pickled callable, whether workers may cache it
+_QUEUED, _RUNNING, _CANCELLED = 0, 1, 2  # a claim slot holds token * 4 + one of these
 _FN_CACHE_MAX = 256             # callables a worker keeps unpickled, at most...
 _FN_CACHE_BYTES = 1 << 20       # ...and their pickles' bytes, at most
 _FN_INLINE_MAX = 64 * 1024      # a larger pickled callable travels with the arguments (_apply)
 _BY_NAME = (types.FunctionType, types.BuiltinFunctionType, type)
 _NO_ARGS = pickle.dumps(((), {}), protocol=5)
 _RES = struct.Struct("<qB")
-_OK, _ERR, _BYE, _INIT_FAILED, _WAKE = range(5)
+_OK, _ERR, _BYE, _INIT_FAILED, _WAKE, _SKIPPED = range(6)
 _INLINE_MAX = 256 * 1024       # a pickle larger than this travels in a shared-memory block of its own
 _POLL_S = 0.05                 # the manager checks the workers at least this often
 _DRAIN = 64                    # results the manager takes per wake-up before it looks at anything else
@@ -142,8 +148,8 @@ def _loads(data: bytes | memoryview) -> Any:
     return obj
 
 
-def _args_part(task: bytes) -> memoryview:
-    return memoryview(task)[_TASK.size + _TASK.unpack_from(task)[1]:]
+def _args_part(task: bytes | bytearray) -> memoryview:
+    return memoryview(task)[_TASK.size + _TASK.unpack_from(task)[3]:]
 
 
 def _discard_payload(data: bytes | memoryview) -> None:
@@ -236,14 +242,112 @@ class _ParentPipe:
             return False
 
 
+class _Claims:
+    """Who gets a task that waits in the workers' channel: its worker, or a cancel. One int64 slot per task
+    handed over, in shared memory; the parent gives a slot out at hand-over and takes it back only when the
+    task's result (or the worker's word that it skipped it) has arrived, so a slot is never reused while a
+    worker may still look at it. The slot holds token * 4 + _QUEUED when the task is handed over (the token
+    is new at every attempt, so a cancel that read an attempt that failed can never match a later task in
+    that slot); the worker that takes it swaps that for _RUNNING, a cancel() for _CANCELLED, with one atomic
+    compare-and-swap, so exactly one of them wins. That lets a task in the channel still be cancelled (as
+    ProcessPoolExecutor's queued tasks can be) without keeping the channel short."""
+
+    def __init__(self, name: str, nslots: int, mem: mmap.mmap) -> None:
+        self.name, self.nslots, self.mem = name, nslots, mem
+
+    @classmethod
+    def create(cls, nslots: int) -> _Claims:
+        name = f"/gilfree-{os.getpid()}-{secrets.token_hex(8)}-claims"
+        path = "/dev/shm" + name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, 8 * nslots)
+            try:
+                os.posix_fallocate(fd, 0, 8 * nslots)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+            mem = mmap.mmap(fd, 8 * nslots)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        _tracker("register", name)
+        for i in range(nslots):  # no slot may look like seq 0 queued
+            _shm_store(mem, i, -1)
+        return cls(name, nslots, mem)
+
+    @classmethod
+    def attach(cls, name: str, nslots: int) -> _Claims:
+        fd = os.open("/dev/shm" + name, os.O_RDWR)
+        try:
+            return cls(name, nslots, mmap.mmap(fd, 8 * nslots))
+        finally:
+            os.close(fd)
+
+    def queue(self, slot: int, token: int) -> None:
+        _shm_store(self.mem, slot, token * 4 + _QUEUED)
+
+    def retract(self, slot: int) -> None:
+        _shm_store(self.mem, slot, -1)  # the hand-over failed: nothing waits under this token
+
+    def take(self, slot: int, token: int) -> bool:
+        return bool(_shm_cas(self.mem, slot, token * 4 + _QUEUED, token * 4 + _RUNNING))
+
+    def cancel(self, slot: int, token: int) -> bool:
+        """True if the task will not run under this token (cancelled now, or before). False if a worker took
+        it, or the hand-over failed (the task waits in the parent again: to be safe, say it may run)."""
+        mine = token * 4 + _CANCELLED
+        return bool(_shm_cas(self.mem, slot, token * 4 + _QUEUED, mine)) or _shm_load(self.mem, slot) == mine
+
+    def release(self, unlink: bool) -> None:
+        try:
+            self.mem.close()
+        except BufferError:  # a cancel() racing the release holds a view: the mapping goes with it
+            pass
+        if unlink:
+            try:
+                os.unlink("/dev/shm" + self.name)
+            except FileNotFoundError:
+                pass
+            _tracker("unregister", self.name)
+
+
+class _TaskFuture(Future[T]):
+    """A ProcessPool task's future: cancel() still works while the task waits in the workers' channel, by
+    winning its claim slot before a worker does (see _Claims)."""
+
+    __module__ = "gilfree"
+    _claim: tuple[_Claims, int, int] | None = None  # (claims, slot, token) once handed over to the channel
+    _cancel_requested = False
+
+    def cancel(self) -> bool:
+        if self.done():
+            return super().cancel()
+        # Dekker with _hand_over: this writes the request, then reads _claim; the hand-over writes _claim, then
+        # reads the request. At least one of them sees the other: the hand-over drops the task, or this
+        # contends for the slot.
+        self._cancel_requested = True
+        claim = self._claim
+        if claim is not None:
+            claims, slot, token = claim
+            try:
+                if not claims.cancel(slot, token):
+                    return False  # a worker took it: it runs
+            except ValueError:  # the pool is gone (mapping closed): every task of it has finished
+                pass
+        return super().cancel()
+
+
 def _apply(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A large callable (a bound method of a model, a partial holding an array) travels with the arguments,
     in a shared-memory block of its own when large, and is not cached by the worker."""
     return fn(*args, **kwargs)
 
 
-def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], parent: _ParentPipe,
-            initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], parent: _ParentPipe, claims_name: str,
+            nslots: int, initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
             max_tasks: int | None) -> None:
     if parent.write_fd >= 0:  # forked: this copy of the write end would keep the pipe open
         try:
@@ -252,6 +356,7 @@ def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], parent: _P
             pass
     pid = os.getpid()
     th, rh = tasks._h, results._h
+    claims = _Claims.attach(claims_name, nslots)
 
     def put(tid: int, kind: int, payload: bytes) -> bool:
         data = _RES.pack(tid, kind) + payload
@@ -290,7 +395,13 @@ def _worker(tasks: ProcessChannel[Any], results: ProcessChannel[Any], parent: _P
             break
         except KeyboardInterrupt:  # Ctrl-C in the terminal reaches the workers too: the parent decides
             continue
-        tid, n, cacheable = _TASK.unpack_from(data)
+        tid, slot, token, n, cacheable = _TASK.unpack_from(data)
+        if not claims.take(slot, token):  # cancelled while it waited in the channel: it never runs
+            _discard_payload(memoryview(data)[_TASK.size + n:])
+            del data
+            if not put(tid, _SKIPPED, b""):
+                return
+            continue
         try:
             key = data[_TASK.size:_TASK.size + n]
             fn = fns.get(key) if cacheable else None
@@ -336,7 +447,7 @@ class _State:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.pending: dict[int, Future[Any]] = {}
-        self.overflow: collections.deque[tuple[int, Future[Any], bytes, bool]] = collections.deque()
+        self.overflow: collections.deque[tuple[int, _TaskFuture[Any], bytearray]] = collections.deque()
         self.next_tid = 0
         self.fn_cache: dict[Any, bytes] = {}  # functions that pickle by name (a bound method would not)
         self.shutting_down = False
@@ -349,6 +460,10 @@ class _State:
         self.released = False
         self.parent: _ParentPipe | None = None  # made with the channels
         self.init_failed: set[int] = set()  # workers whose initializer failed: they exit on their own
+        self.claims: _Claims | None = None  # made with the channels
+        self.free_slots: list[int] = []  # claim slots not in use (filled with the claims)
+        self.slot_of: dict[int, int] = {}  # task id -> its claim slot, from hand-over to result
+        self.token = 0  # hand-over attempts so far: the next attempt's claim token
 
     # -- submitting (any thread) --
 
@@ -360,6 +475,8 @@ class _State:
             r, w = os.pipe()  # both ends close-on-exec; workers get a duplicate of r
             self.parent = _ParentPipe(r, w)
             self.tasks = ProcessChannel(_task_capacity(self.max_workers), buffer_size=_BUFFER)
+            self.claims = _Claims.create(2 * _task_capacity(self.max_workers))  # >= channel + workers
+            self.free_slots = list(range(self.claims.nslots))
             self.results = ProcessChannel(min(_CAP_MAX, max(64, 4 * self.max_workers)), buffer_size=_BUFFER)
             self.spawn()
             manager = threading.Thread(target=_manage, args=(self,), name="gilfree-processpool-manager",
@@ -374,10 +491,12 @@ class _State:
 
     def spawn(self) -> None:
         assert self.tasks is not None and self.results is not None and self.parent is not None
+        assert self.claims is not None
         # Not daemonic: a task may start processes of its own (multiprocessing refuses that in a daemonic
         # one). The workers still leave when this process is gone: they watch the parent pipe.
-        p = self.ctx.Process(target=_worker, args=(self.tasks, self.results, self.parent, self.initializer,
-                                                   self.initargs, self.max_tasks), daemon=False,
+        p = self.ctx.Process(target=_worker, args=(self.tasks, self.results, self.parent, self.claims.name,
+                                                   self.claims.nslots, self.initializer, self.initargs,
+                                                   self.max_tasks), daemon=False,
                              name=f"gilfree-processpool-worker-{len(self.procs)}")
         p.start()
         self.procs[p.pid] = p
@@ -389,7 +508,7 @@ class _State:
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         self.check_process()
-        f: Future[Any] = Future()
+        f: _TaskFuture[Any] = _TaskFuture()
         with self.lock:
             if self.broken is not None:
                 raise BrokenProcessPool(self.broken)
@@ -414,8 +533,8 @@ class _State:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self.pending[tid] = f
             try:
-                if self.overflow or not self._hand_over(tid, f, data, False):
-                    self.overflow.append((tid, f, data, False))
+                if self.overflow or not self._hand_over(tid, f, data):
+                    self.overflow.append((tid, f, data))
             except BaseException as e:  # noqa: BLE001  (cannot happen: tasks fit; never a stuck future)
                 self.pending.pop(tid, None)
                 _discard_payload(_args_part(data))
@@ -441,7 +560,7 @@ class _State:
                 return
 
     def pack_task(self, tid: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-                  ) -> bytes:
+                  ) -> bytearray:
         """A callable that pickles by name (a function, a class, a module's builtin) is pickled once per pool
         and may be cached by the workers. Any other (a bound method, a partial) is pickled at every submit
         and not cached (it may hold large data that differs each time); one larger than _FN_INLINE_MAX
@@ -458,52 +577,65 @@ class _State:
         if len(fb) > _FN_INLINE_MAX:
             fb = self.fn_cache.get(_apply) or pickle.dumps(_apply, protocol=5)
             self.fn_cache[_apply] = fb
-            return _TASK.pack(tid, len(fb), 1) + fb + _dumps(((fn, args, kwargs), {}))
-        return _TASK.pack(tid, len(fb), 1 if by_name else 0) + fb + (
-            _NO_ARGS if not args and not kwargs else _dumps((args, kwargs)))
+            rest, cacheable = _dumps(((fn, args, kwargs), {})), 1
+        else:
+            rest, cacheable = (_NO_ARGS if not args and not kwargs else _dumps((args, kwargs))), 1 if by_name else 0
+        data = bytearray(_TASK.pack(tid, -1, -1, len(fb), cacheable))  # the claim is set at hand-over
+        data += fb
+        data += rest
+        return data
 
-    def _hand_over(self, tid: int, f: Future[Any], data: bytes, marked: bool) -> bool:
-        """Put one task into ``tasks`` (the lock is held). False if it is full (the task stays pending)."""
-        if not marked and not f.set_running_or_notify_cancel():
-            del self.pending[tid]  # cancelled while it waited: it never runs
+    def _hand_over(self, tid: int, f: _TaskFuture[Any], data: bytearray) -> bool:
+        """Put one task into ``tasks`` (the lock is held). False if it is full (it stays pending). A task
+        stays cancellable in the channel: its future is not marked running; a worker claims it (_Claims)."""
+        if f._cancel_requested or f.done():  # cancelled while it waited here: it never runs
+            del self.pending[tid]
             _discard_payload(_args_part(data))
             return True
-        assert self.tasks is not None
+        assert self.tasks is not None and self.claims is not None
+        claims = self.claims
+        if not self.free_slots:
+            return False  # every slot's task is in the channel or running: the channel is as good as full
+        slot, token = self.free_slots.pop(), self.token
+        self.token = token + 1  # never reused: a cancel() that read a failed attempt cannot hit a later one
+        claims.queue(slot, token)
+        f._claim = (claims, slot, token)
+        if f._cancel_requested:  # (see _TaskFuture.cancel) a cancel that did not see _claim: drop it here
+            claims.retract(slot)
+            self.free_slots.append(slot)
+            del self.pending[tid]
+            _discard_payload(_args_part(data))
+            return True
+        _TASK_CLAIM.pack_into(data, 8, slot, token)
         try:
             self.tasks._h.send_bytes(data, None, True)
         except WouldBlock:
-            if not marked:
-                self.overflow.appendleft((tid, f, data, True))
-                return True  # queued at the head, already marked running
+            f._claim = None
+            claims.retract(slot)
+            self.free_slots.append(slot)
             return False
+        self.slot_of[tid] = slot
         return True
 
     def feed(self) -> None:
         """Move waiting tasks into ``tasks`` while it has room (manager thread)."""
         with self.lock:
             while self.overflow:
-                tid, f, data, marked = self.overflow.popleft()
-                if not self._hand_over(tid, f, data, marked):
-                    self.overflow.appendleft((tid, f, data, True))
+                tid, f, data = self.overflow.popleft()
+                if not self._hand_over(tid, f, data):
+                    self.overflow.appendleft((tid, f, data))
                     return
 
     def request_shutdown(self, cancel_futures: bool) -> None:
         if os.getpid() != self.pid:
             return  # a forked child's copy: the pool, its workers and its channels are the parent's
-        cancelled: list[Future[Any]] = []
         with self.lock:
             self.shutting_down = True
-            if cancel_futures:
-                while self.overflow:
-                    tid, f, data, marked = self.overflow.pop()
-                    if not marked:
-                        del self.pending[tid]
-                        _discard_payload(_args_part(data))
-                        cancelled.append(f)
-                    else:
-                        self.overflow.appendleft((tid, f, data, marked))
-                        break
-        for f in reversed(cancelled):
+            pending = list(self.pending.values()) if cancel_futures else []
+        # Every task not yet taken by a worker is cancelled: those waiting here and those in the channel
+        # (a worker skips them), as ProcessPoolExecutor cancels what waits in its queues. Newest first, so
+        # the workers do not start the last ones while the first are being cancelled.
+        for f in reversed(pending):
             f.cancel()
         self.wake()
 
@@ -527,7 +659,14 @@ class _State:
                 self.init_failed.add(pid)
                 self.break_pool(f"A child process terminated abruptly: its initializer raised {why}")
             return
-        f = self.pending.pop(tid, None)  # (the manager thread is the only one that removes entries)
+        with self.lock:  # the task is past its claim: its slot may serve another
+            slot = self.slot_of.pop(tid, None)
+            if slot is not None:
+                self.free_slots.append(slot)
+            if kind == _SKIPPED:
+                self.pending.pop(tid, None)  # cancelled in the channel: its future is cancelled already
+                return
+        f = self.pending.pop(tid, None)
         try:
             value = _loads(memoryview(data)[_RES.size:])
         except BaseException as e:  # noqa: BLE001  (the result does not unpickle here)
@@ -590,10 +729,10 @@ class _State:
             self.broken = why
             failed = list(self.pending.values())
             self.pending.clear()
-            dropped = [data for _, _, data, _ in self.overflow]
+            dropped = [data for _, _, data in self.overflow]
             self.overflow.clear()
-        for data in dropped:
-            _discard_payload(_args_part(data))
+        for task in dropped:
+            _discard_payload(_args_part(task))
         assert self.tasks is not None and self.results is not None
         self.tasks.close()
         self.terminate_workers()
@@ -640,7 +779,10 @@ class _State:
         for ch in (self.tasks, self.results):
             if ch is not None:
                 ch.close()
-                ch.release()
+                ch._release(force=True)  # every worker is gone (one killed may still count a reference)
+        if self.claims is not None:
+            self.claims.release(unlink=True)
+            self.claims = None
         if self.parent is not None:  # the workers see EOF on their parent pipe
             for fd in (self.parent.write_fd, self.parent.fd):
                 try:
@@ -744,8 +886,8 @@ class ProcessPool(_StreamingMap, cf.Executor):
     - ``map(fn, *iterables, timeout=None, chunksize=1, ordered=True, buffersize=None, ctx=None)``: ordered,
       every item submitted at once (lazy with ``buffersize=N``: at most N chunks in flight), as ThreadPool.map.
     - ``shutdown(wait=True, *, cancel_futures=False)``: submitted tasks finish unless cancelled; idempotent.
-      A task is running (cannot be cancelled) once it is handed to the workers' channel, which holds
-      max(64, 2 x max_workers) tasks; those submitted beyond wait in the parent and can be cancelled.
+      ``cancel()`` stops a task until a worker takes it, also while it waits in the workers' channel (which
+      holds max(64, 2 x max_workers) tasks); ``running()`` stays False until its result arrives.
     - A worker that dies (a crash, ``os._exit``, a signal) breaks the pool, as with ProcessPoolExecutor:
       pending futures fail with ``BrokenProcessPool`` and later submits raise it. Nothing hangs.
     """

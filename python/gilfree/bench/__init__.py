@@ -55,6 +55,11 @@ def _progress(done: int, total: int, what: str, enabled: bool) -> None:
         sys.stderr.write("\n")
 
 
+def _max_workers_for(cpus: int) -> int:
+    """The most workers a run may ask for: every executor starts that many threads or processes."""
+    return max(64, 16 * cpus)
+
+
 def _worker_counts(workers: Sequence[int] | None, cpus: int) -> list[int]:
     if workers is None:
         ws, w = [], 1
@@ -66,6 +71,10 @@ def _worker_counts(workers: Sequence[int] | None, cpus: int) -> list[int]:
     ws = sorted(set(workers))
     if not ws or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in ws):
         raise ValueError("workers must be positive integers")
+    if ws[-1] > _max_workers_for(cpus):
+        raise ValueError(f"workers: {ws[-1]} is more than this machine can run sensibly: at most "
+                         f"{_max_workers_for(cpus)} here (16 per CPU, at least 64), since every executor starts "
+                         f"that many threads or processes and the work is sized to 8 tasks per worker")
     return ws
 
 
@@ -108,9 +117,15 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
                                f"oversubscription, not scaling")
     main_scens = [s for s in chosen if s in SCENARIOS]
     the_plan = plan or _scenarios.plan(sz, max(ws), main_scens)
+    if any(s in _scenarios.FILE_SCENARIOS for s in main_scens) and \
+            _scenarios.data_bytes(the_plan) > _scenarios.MAX_DATA_BYTES:
+        raise ValueError(f"the file scenarios would write {_scenarios.data_bytes(the_plan) / 2**30:.1f} GiB of data "
+                         f"({the_plan.files} files for {max(ws)} workers): at most "
+                         f"{_scenarios.MAX_DATA_BYTES / 2**30:.0f} GiB; use fewer workers or leave out "
+                         f"{' and '.join(_scenarios.FILE_SCENARIOS)}")
     report.machine["plan"] = the_plan.as_dict()
     with tempfile.TemporaryDirectory(prefix="gilfree-bench-") as data_dir:
-        scen = _scenarios.build(the_plan, data_dir)
+        scen = _scenarios.build(the_plan, data_dir, main_scens)
         total = (len(main_scens) * (1 + (len(EXECUTORS) - 1) * len(ws)) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
                  + ("io_sockets" in chosen))
         done = 0

@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from . import __doc__ as DOC
-from . import run
+from . import _max_workers_for, run
 from .scenarios import EXTRA, SCENARIOS, TINY, Plan, Sizes
 
 OUTPUTS = {"json": (".json",), "csv": (".csv",), "plot": (".png", ".svg", ".pdf")}
@@ -42,11 +42,37 @@ def _check_output(ap: argparse.ArgumentParser, flag: str, path: str | None) -> N
     exts = OUTPUTS[flag]
     if not path.lower().endswith(exts):
         ap.error(f"--{flag} {path!r}: the file name must end with {' or '.join(exts)}")
+    if os.path.isdir(path):
+        ap.error(f"--{flag} {path!r}: is a directory; name a file in it")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        ap.error(f"--{flag} {path!r}: the file exists and is not writable")
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         ap.error(f"--{flag} {path!r}: the directory {d} does not exist")
     if not os.access(d, os.W_OK):
         ap.error(f"--{flag} {path!r}: the directory {d} is not writable")
+
+
+_PROBE = ("import sys\n"
+          "if sys.version_info < (3, 11): sys.exit('is Python %d.%d; gilfree needs 3.11 or newer' % sys.version_info[:2])\n"
+          "import gilfree, gilfree.bench\n"
+          "print('ok')\n")
+
+
+def _check_python(path: str) -> str | None:
+    """Before any work: the interpreter runs, is Python 3.11+ and imports gilfree. None, or why not."""
+    import subprocess
+
+    try:
+        r = subprocess.run([path, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"could not be run: {e}"
+    if r.returncode != 0 or r.stdout.strip() != "ok":
+        last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}, no output"])[-1]
+        if "No module named 'gilfree" in last:
+            last += f" (install it there: {path} -m pip install gilfree)"
+        return f"is not a Python that imports gilfree: {last}"
+    return None
 
 
 def _child(spec_text: str) -> int:
@@ -94,7 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in args.python:
         if not (os.path.isfile(p) and os.access(p, os.X_OK)):
             ap.error(f"--python {p!r}: not an executable file")
+        why = _check_python(p)
+        if why:
+            ap.error(f"--python {p!r}: {why}")
     cpus = len(os.sched_getaffinity(0))
+    if args.workers and max(args.workers) > _max_workers_for(cpus):
+        ap.error(f"--workers {max(args.workers)}: at most {_max_workers_for(cpus)} on this machine ({cpus} CPUs; 16 "
+                 f"per CPU, at least 64): every executor starts that many threads or processes, and the work is "
+                 f"sized to 8 tasks per worker")
     if args.workers and max(args.workers) > cpus:
         print(f"warning: --workers {max(args.workers)} exceeds the {cpus} CPUs available: those figures measure "
               f"oversubscription, not scaling", file=sys.stderr)
@@ -102,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run(args.scenario, args.workers, full=args.full, repeat=args.repeat,
                      progress=not args.no_progress and sys.stderr.isatty(), sizes=TINY if args.tiny else None,
                      pythons=args.python)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(report.table())

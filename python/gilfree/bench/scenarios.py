@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .. import kernels, reference
 from .._pool import ThreadPool
@@ -148,12 +148,23 @@ class Scenario:
     combine: Callable[[list[Any]], Any] = sum
 
 
-def build(p: Plan, data_dir: str) -> dict[str, Scenario]:
-    """The scenarios of a plan; the files of io_files and mixed are written into data_dir."""
+FILE_SCENARIOS = ("io_files", "mixed")
+MAX_DATA_BYTES = 2 << 30  # the data set io_files and mixed read: refused above this
+
+
+def data_bytes(p: Plan) -> int:
+    """The size of the data set the file scenarios read (file i has file_kib KiB + 37 i bytes)."""
+    return p.files * p.file_kib * 1024 + 37 * p.files * (p.files - 1) // 2
+
+
+def build(p: Plan, data_dir: str, names: Sequence[str] = FILE_SCENARIOS) -> dict[str, Scenario]:
+    """The scenarios of a plan; the files of io_files and mixed are written into data_dir, only if one of
+    them is among `names`."""
     paths = []
+    write = any(n in FILE_SCENARIOS for n in names)
     for i in range(p.files):
         path = os.path.join(data_dir, f"data{i:04d}.bin")
-        if not os.path.exists(path):
+        if write and not os.path.exists(path):
             with open(path, "wb") as f:
                 f.write(os.urandom(p.file_kib * 1024 + i * 37))
         paths.append(path)
