@@ -756,7 +756,7 @@ channel_reduce(PyObject *op, PyObject *Py_UNUSED(args))
 {
     return PyErr_Format(PyExc_TypeError,
                         "cannot pickle '%.100s' object: a channel connects threads of one process; "
-                        "use multiprocessing.Queue between processes",
+                        "use gilfree.ProcessChannel between processes",
                         Py_TYPE(op)->tp_name);
 }
 

@@ -1,5 +1,5 @@
-"""CPython's own concurrent.futures ThreadPoolExecutor tests, run against gilfree.ThreadPool (see
-tests/compat/cpython_cf.py). Runs where the interpreter ships its test suite with test_concurrent_futures as
+"""CPython's own concurrent.futures executor tests, run against gilfree.ThreadPool and gilfree.ProcessPool
+(see tests/compat/cpython_cf.py, which lists and explains the few that differ by design). Runs where the interpreter ships its test suite with test_concurrent_futures as
 a package (CPython 3.13+, as pyenv installs it); CI's 3.13 run includes it."""
 
 from __future__ import annotations
@@ -34,3 +34,19 @@ def test_cpython_thread_pool_suite_passes() -> None:
     summary = out.stdout.strip().splitlines()[-1]
     assert out.returncode == 0, out.stdout[-6000:]
     assert summary.startswith("43 passed, 0 failed"), summary
+
+
+@pytest.mark.skipif(not _has_suite(), reason="this interpreter does not ship test.test_concurrent_futures")
+@pytest.mark.skipif(sys.version_info < (3, 13) or sys.version_info.releaselevel != "final",
+                    reason="the suite as CPython 3.13+ releases ship it (a prerelease's differs)")
+@pytest.mark.skipif(bool(SANITIZER), reason="141 interpreters starting worker processes under a sanitizer")
+def test_cpython_process_pool_suite_passes() -> None:
+    """The ProcessPool classes (fork, spawn and forkserver) of the same modules plus test_process_pool."""
+    ids = subprocess.run([sys.executable, str(RUNNER), "--process", "--list"], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    assert len(ids) == 141
+    out = subprocess.run([sys.executable, str(RUNNER), "--process"], capture_output=True, text=True,
+                         timeout=2400)
+    summary = out.stdout.strip().splitlines()[-1]
+    assert out.returncode == 0, out.stdout[-6000:]
+    assert summary.startswith("123 passed, 0 failed, 18 not run"), summary

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,23 @@ def test_mypy_strict_accepts_stubs_package_and_readme(tmp_path: Path) -> None:
            str(ROOT / "python" / "gilfree"), *files]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_importing_the_source_tree_without_the_extension_says_so(tmp_path: Any) -> None:
+    """From the checkout's python/ directory, without the built extension, the error used to be a misleading
+    "circular import"; it names the missing extension and how to build it."""
+    import shutil
+
+    src = Path(__file__).resolve().parent.parent / "python" / "gilfree"
+    shutil.copytree(src, tmp_path / "gilfree", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    r = subprocess.run([sys.executable, "-c", "import gilfree"], capture_output=True, text=True,
+                       cwd=tmp_path, env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(tmp_path)})
+    assert r.returncode != 0
+    assert "C extension (gilfree._core) is not built" in r.stderr and "pip install ." in r.stderr, r.stderr
+
+
+def test_pickling_a_channel_points_to_processchannel() -> None:
+    import pickle
+
+    with pytest.raises(TypeError, match="gilfree.ProcessChannel"):
+        pickle.dumps(gilfree.Channel())

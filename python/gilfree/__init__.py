@@ -5,7 +5,15 @@ Channels with select, a worker pool and futures, written in C on pthreads: every
 
 from __future__ import annotations
 
-from . import _core
+try:
+    from . import _core
+except ImportError as _e:  # pragma: no cover - exercised by a test in a fresh interpreter
+    if "_core" not in str(_e):
+        raise
+    raise ImportError(
+        "gilfree's C extension (gilfree._core) is not built here: this is the source tree's python/ directory, "
+        "or an install without it. Run `pip install .` (or `python3 dev.py test`, which builds it into "
+        "build/) and import gilfree from there.") from None
 from ._channel import Channel
 from ._context import Cancelled, Context, DeadlineExceeded
 from ._core import CLOSED, ChannelClosed, WouldBlock, default, select

@@ -43,7 +43,7 @@ import time
 import traceback
 import types
 import weakref
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from typing import Any, Callable, TypeVar
 
 from ._core import ChannelClosed, WouldBlock, _shm_cas, _shm_load, _shm_store
@@ -162,17 +162,9 @@ def _discard_payload(data: bytes | memoryview) -> None:
         obj.discard()
 
 
-class _RemoteTraceback(Exception):
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
 def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = _RemoteTraceback(tb)
+    # The standard library's class, so code that checks for it (CPython's own tests do) finds it.
+    exc.__cause__ = _RemoteTraceback(tb)  # type: ignore[arg-type]  # (it takes the text)
     return exc
 
 
@@ -453,6 +445,7 @@ class _State:
         self.shutting_down = False
         self.broken: str | None = None
         self.procs: dict[int, Any] = {}
+        self.procs_lock = threading.RLock()  # procs changes in submit (growth) and the manager thread
         self.said_bye: set[int] = set()
         self.manager: threading.Thread | None = None
         self.tasks: ProcessChannel[Any] | None = None
@@ -499,7 +492,8 @@ class _State:
                                                    self.max_tasks), daemon=False,
                              name=f"gilfree-processpool-worker-{len(self.procs)}")
         p.start()
-        self.procs[p.pid] = p
+        with self.procs_lock:
+            self.procs[p.pid] = p
 
     def check_process(self) -> None:
         if os.getpid() != self.pid:
@@ -543,21 +537,24 @@ class _State:
                 return f
             grow = len(self.procs) < self.max_workers and len(self.pending) > len(self.procs)
         if grow:
-            self.wake()  # the manager starts another worker
+            # Start the workers the tasks need now, as ProcessPoolExecutor's submit does (so _processes
+            # counts them at once); with no process left to start, the manager goes on with those there are.
+            self.grow()
         return f
 
     def grow(self) -> None:
-        """Manager thread: start workers while tasks outnumber them, up to max_workers (on demand, as
-        ProcessPoolExecutor does for spawn and forkserver)."""
+        """Submitters and the manager thread: start workers while tasks outnumber them, up to max_workers
+        (on demand, as ProcessPoolExecutor does for spawn and forkserver)."""
         # (also while shutting down: tasks submitted before the shutdown still deserve every worker)
-        while self.broken is None and len(self.procs) < self.max_workers \
-                and len(self.pending) > len(self.procs):
-            try:
-                self.spawn()
-            except Exception as e:  # noqa: BLE001  (no more processes: go on with those there are)
-                if not self.procs:
-                    self.break_pool(f"No worker process could be started: {e!r}")
-                return
+        with self.procs_lock:
+            while self.broken is None and not self.released and len(self.procs) < self.max_workers \
+                    and len(self.pending) > len(self.procs):
+                try:
+                    self.spawn()
+                except Exception as e:  # noqa: BLE001  (no more processes: go on with those there are)
+                    if not self.procs:
+                        self.break_pool(f"No worker process could be started: {e!r}")
+                    return
 
     def pack_task(self, tid: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
                   ) -> bytearray:
@@ -680,9 +677,10 @@ class _State:
 
     def check_workers(self) -> None:
         """Account for workers that ended: replaced if they retired, the pool broken if they died."""
-        if not self.procs:
-            return
-        sentinels = {p.sentinel: pid for pid, p in self.procs.items()}
+        with self.procs_lock:
+            if not self.procs:
+                return
+            sentinels = {p.sentinel: pid for pid, p in self.procs.items()}
         ended = multiprocessing.connection.wait(list(sentinels), timeout=0)
         if not ended:
             return
@@ -690,7 +688,8 @@ class _State:
         retired = 0
         for s in ended:
             pid = sentinels[s]
-            p = self.procs.pop(pid, None)
+            with self.procs_lock:
+                p = self.procs.pop(pid, None)
             if p is None:  # the pool broke meanwhile (drain_results above): break_pool took them all
                 continue
             p.join()
@@ -755,20 +754,22 @@ class _State:
         # A worker whose initializer failed exits on its own once it has reported it; give it time, so what
         # it logged (through a QueueHandler, say) is flushed, as ProcessPoolExecutor does.
         deadline = time.monotonic() + 5.0
+        with self.procs_lock:
+            procs = dict(self.procs)
+            self.procs.clear()
         for pid in list(self.init_failed):
-            p = self.procs.get(pid)
+            p = procs.get(pid)
             if p is not None:
                 p.join(max(0.0, deadline - time.monotonic()))
         self.init_failed.clear()
-        for p in self.procs.values():
+        for p in procs.values():
             if p.exitcode is None:
                 p.terminate()
-        for p in self.procs.values():
+        for p in procs.values():
             p.join(1.0)
             if p.exitcode is None:
                 p.kill()
                 p.join()
-        self.procs.clear()
 
     def release_channels(self) -> None:
         with self.lock:
@@ -938,7 +939,19 @@ class ProcessPool(_StreamingMap, cf.Executor):
     @property
     def _processes(self) -> dict[int, Any]:
         """ProcessPoolExecutor's view: the worker processes by pid."""
-        return dict(self._s.procs)
+        with self._s.procs_lock:
+            return dict(self._s.procs)
+
+    @property
+    def _broken(self) -> str | bool:
+        """ProcessPoolExecutor's view: False, or why the pool is broken (code in the wild reads it)."""
+        return self._s.broken or False
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread | None:
+        """ProcessPoolExecutor's name for the thread that completes the futures (None before the first
+        submit): joining it waits until the pool has finished."""
+        return self._s.manager
 
     def __repr__(self) -> str:
         state = ("broken" if self._s.broken is not None else
