@@ -8,8 +8,8 @@ from __future__ import annotations
 try:
     from . import _core
 except ImportError as _e:  # pragma: no cover - exercised by a test in a fresh interpreter
-    if "_core" not in str(_e):
-        raise
+    if not (isinstance(_e, ModuleNotFoundError) or "cannot import name '_core'" in str(_e)):
+        raise  # the extension is there and refused to load (a subinterpreter, say): its own message
     raise ImportError(
         "gilfree's C extension (gilfree._core) is not built here: this is the source tree's python/ directory, "
         "or an install without it. Run `pip install .` (or `python3 dev.py test`, which builds it into "

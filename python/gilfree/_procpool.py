@@ -604,14 +604,15 @@ class _State:
             _discard_payload(_args_part(data))
             return True
         _TASK_CLAIM.pack_into(data, 8, slot, token)
+        self.slot_of[tid] = slot  # before the send: its result may be completed before this returns
         try:
             self.tasks._h.send_bytes(data, None, True)
         except WouldBlock:
+            del self.slot_of[tid]
             f._claim = None
             claims.retract(slot)
             self.free_slots.append(slot)
             return False
-        self.slot_of[tid] = slot
         return True
 
     def feed(self) -> None:
@@ -656,13 +657,14 @@ class _State:
                 self.init_failed.add(pid)
                 self.break_pool(f"A child process terminated abruptly: its initializer raised {why}")
             return
-        with self.lock:  # the task is past its claim: its slot may serve another
-            slot = self.slot_of.pop(tid, None)
-            if slot is not None:
-                self.free_slots.append(slot)
-            if kind == _SKIPPED:
-                self.pending.pop(tid, None)  # cancelled in the channel: its future is cancelled already
-                return
+        # The task is past its claim: its slot may serve another. (No lock: dict.pop and list.append are
+        # atomic, also on free-threaded builds; only _hand_over, under the lock, takes slots out.)
+        slot = self.slot_of.pop(tid, None)
+        if slot is not None:
+            self.free_slots.append(slot)
+        if kind == _SKIPPED:
+            self.pending.pop(tid, None)  # cancelled in the channel: its future is cancelled already
+            return
         f = self.pending.pop(tid, None)
         try:
             value = _loads(memoryview(data)[_RES.size:])
