@@ -154,8 +154,10 @@ def test_ready_cases_are_chosen_uniformly(pair: tuple[socket.socket, socket.sock
 
 def test_none_cases_and_no_channel(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    threading.Timer(0.05, b.send, (b"x",)).start()
+    t = threading.Timer(0.05, b.send, (b"x",))
+    t.start()
     assert select(None, readable(a), None, timeout=5) == (1, a)
+    t.join()  # (not before the fixture closes b: the sender may still be returning from send())
 
 
 def test_the_gil_is_released_while_waiting(pair: tuple[socket.socket, socket.socket]) -> None:
