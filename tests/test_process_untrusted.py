@@ -18,6 +18,7 @@ import pytest
 from conftest import SANITIZER, Background, interrupt_child, wait_until
 
 from gilfree import ProcessChannel, WouldBlock
+from test_process import Unpicklable
 
 pytestmark = pytest.mark.usefixtures("dev_shm_clean")
 
@@ -426,15 +427,10 @@ def test_recv_many_never_drops_values_it_took() -> None:
     ch.release()
 
 
-class BadPickle:
-    def __reduce__(self) -> Any:
-        raise pickle.PicklingError("no")
-
-
 def test_send_many_says_how_many_were_sent_whatever_the_error() -> None:
     ch: ProcessChannel[Any] = ProcessChannel(8)
     with pytest.raises(pickle.PicklingError) as info:
-        ch.send_many([1, 2, BadPickle(), 4])
+        ch.send_many([1, 2, Unpicklable(), 4])
     assert info.value.sent == 2  # type: ignore[attr-defined]
 
     def gen() -> Any:

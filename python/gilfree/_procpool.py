@@ -582,13 +582,17 @@ class _State:
         data += rest
         return data
 
+    def _drop(self, tid: int, data: bytearray) -> bool:
+        """A task cancelled before any worker could take it: forget it (the lock is held). True."""
+        del self.pending[tid]
+        _discard_payload(_args_part(data))
+        return True
+
     def _hand_over(self, tid: int, f: _TaskFuture[Any], data: bytearray) -> bool:
         """Put one task into ``tasks`` (the lock is held). False if it is full (it stays pending). A task
         stays cancellable in the channel: its future is not marked running; a worker claims it (_Claims)."""
         if f._cancel_requested or f.done():  # cancelled while it waited here: it never runs
-            del self.pending[tid]
-            _discard_payload(_args_part(data))
-            return True
+            return self._drop(tid, data)
         assert self.tasks is not None and self.claims is not None
         claims = self.claims
         if not self.free_slots:
@@ -600,9 +604,7 @@ class _State:
         if f._cancel_requested:  # (see _TaskFuture.cancel) a cancel that did not see _claim: drop it here
             claims.retract(slot)
             self.free_slots.append(slot)
-            del self.pending[tid]
-            _discard_payload(_args_part(data))
-            return True
+            return self._drop(tid, data)
         _TASK_CLAIM.pack_into(data, 8, slot, token)
         self.slot_of[tid] = slot  # before the send: its result may be completed before this returns
         try:
