@@ -9,8 +9,11 @@ Every scenario does the same work under every executor (results checked equal): 
 (gilfree.ProcessPool, the same start method); gilfree.ThreadPool running Python callables; gilfree native
 kernels. The work is sized to the machine: every worker of the largest
 worker count gets at least 8 tasks, and the serial runs last about 0.2-0.3 s (--full: 1-1.5 s), calibrated
-by a short timed probe. Each figure is the median of the repetitions with min–max; with it: speedup versus
-serial, parallel efficiency (the executor's 1-worker time / (workers x its time)), CPU utilisation (process
+by a short timed probe. The repetitions are interleaved across the executors, so that whatever else the
+machine does falls on all of them alike, and the CPUs free before and during the run are measured (a short
+calibration spin, and /proc/stat less the run's own CPU time): a busy machine is named at the top of the
+table, in the JSON and on the plot. Each figure is the median of the repetitions with min–max; with it:
+speedup versus serial, parallel efficiency (the executor's 1-worker time / (workers x its time)), CPU utilisation (process
 CPU time / wall / workers), peak RSS (reset before each measurement), and the GIL convoy probe: while the
 executor runs, a probe thread sleeps 1 ms again and again and records how late it wakes (p50/p99).
 ``--python PATH`` (repeatable) runs the same work under other interpreters (a free-threaded one, say) and
@@ -18,10 +21,11 @@ merges their columns, labelled with the interpreter and its GIL status, into one
 
 Importable: ``run(scenarios=..., workers=...) -> Report`` with ``.table()``, ``.to_json()``, ``.plot()``.
 JSON schema: ``gilfree.bench.JSON_SCHEMA``.
-
-The package follows the data's path: ``scenarios`` (the work), ``executors`` (how it runs), ``measure``
-(timing, the probe, RSS), ``report`` (table, JSON, CSV), ``plot``, ``cli``; ``run`` below ties them.
 """
+
+# The package follows the data's path: ``scenarios`` (the work), ``executors`` (how it runs), ``measure``
+# (timing, the probe, RSS, the machine's load), ``report`` (table, JSON, CSV), ``plot``, ``cli``; ``run``
+# below ties them.
 
 from __future__ import annotations
 
@@ -35,8 +39,8 @@ from typing import Any, Callable, Sequence
 
 from . import executors as _executors
 from . import scenarios as _scenarios
-from .executors import EXECUTORS
-from .measure import ConvoyProbe, measure
+from .executors import EXECUTORS, LABELS
+from .measure import ConvoyProbe, CpuAccount, Figure, busy_threshold, spin_available
 from .report import JSON_SCHEMA, Cell, Report, interpreter_label, machine_info
 from .scenarios import EXTRA, FULL, QUICK, SCENARIOS, TINY, Plan, Sizes
 
@@ -80,7 +84,7 @@ def _worker_counts(workers: Sequence[int] | None, cpus: int) -> list[int]:
 
 def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = None, *, full: bool = False,
         repeat: int | None = None, progress: bool = False, sizes: Sizes | None = None,
-        pythons: Sequence[str] = (), plan: Plan | None = None) -> Report:
+        pythons: Sequence[str] = (), plan: Plan | None = None, spin: bool = True) -> Report:
     """Run the comparison and return its Report.
 
     Args:
@@ -93,6 +97,7 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
         pythons: other interpreters to run the same work under (each must import gilfree); their columns
             are merged into the report (``Report.others``).
         plan: the exact work to do (the one another run chose), instead of calibrating here.
+        spin: measure the CPUs free before the run with a short calibration spin (0.3 s).
 
     Raises:
         ValueError: an unknown scenario, a worker count below 1, or ``repeat`` below 1.
@@ -124,49 +129,63 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
                          f"{_scenarios.MAX_DATA_BYTES / 2**30:.0f} GiB; use fewer workers or leave out "
                          f"{' and '.join(_scenarios.FILE_SCENARIOS)}")
     report.machine["plan"] = the_plan.as_dict()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    free_before = spin_available() if spin else None
     with tempfile.TemporaryDirectory(prefix="gilfree-bench-") as data_dir:
         scen = _scenarios.build(the_plan, data_dir, main_scens)
-        total = (len(main_scens) * (1 + (len(EXECUTORS) - 1) * len(ws)) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
+        cells_per_scen = 1 + (len(EXECUTORS) - 1) * len(ws)
+        total = (len(main_scens) * (reps + 2) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
                  + ("io_sockets" in chosen))
         done = 0
         noisy: list[str] = []
         executors = _executors.make(ws)
+        account = CpuAccount(lambda: _executors.worker_pids(executors))
+        account.start()
         try:
             for name in main_scens:
                 s = scen[name]
                 report.machine["descriptions"][name] = s.description
-                serial_median = 0.0
-                one_worker: dict[str, float] = {}
-                expected = None
                 plan_cells: list[tuple[str, int]] = [("serial", 1)] + [(e, w) for w in ws for e in EXECUTORS[1:]]
+                assert len(plan_cells) == cells_per_scen
+                figures = []
+                _progress(done, total, f"{name}: warm-up", progress)
+                expected = None
                 for ex, w in plan_cells:
-                    _progress(done, total, f"{name}: {ex} x{w}", progress)
                     fn, pids = _executors.runner(s, ex, w, executors)
-                    walls, result, util, rss, (p50, p99) = measure(fn, reps, pids, w)
+                    f = Figure(fn, pids, w)
+                    result = f.warm()
                     if expected is None:
                         expected = result
                     if result != expected:
-                        raise AssertionError(f"{name}: {ex} x{w} computed {result!r}, serial {expected!r}")
-                    med = statistics.median(walls)
-                    serial_median = serial_median or med
-                    if w == 1:
-                        one_worker[ex] = med
-                    base = one_worker.get(ex, serial_median)
-                    cell = Cell(name, ex, w, walls, med, min(walls), max(walls), serial_median / med,
-                                base / med / w, util, rss, p50, p99, True, label)
-                    report.cells.append(cell)
-                    if med > 0 and (max(walls) - min(walls)) / med > 0.10:
-                        noisy.append(f"{name}/{ex} x{w} ({(max(walls) - min(walls)) / med:.0%})")
+                        raise AssertionError(f"{name}: {LABELS[ex]} x{w} computed {result!r}, serial {expected!r}")
+                    figures.append(f)
+                done += 1
+                # The repetitions interleaved across the executors (in a rotating order), so that whatever else
+                # the machine does falls on all of them alike.
+                for r in range(reps):
+                    _progress(done, total, f"{name}: repetition {r + 1}/{reps}", progress)
+                    k = r % len(figures)
+                    for f in figures[k:] + figures[:k]:
+                        f.once()
                     done += 1
-            if noisy:
-                report.warnings.append(
-                    f"{len(noisy)} of {len(report.cells)} figures spread (max - min) over 10% of their median, "
-                    f"a noisy machine: compare ratios from one run, or use --full. Worst: "
-                    + ", ".join(sorted(noisy, key=lambda t: -float(t.rsplit("(", 1)[1][:-2]))[:5]))
+                _progress(done, total, f"{name}: convoy probe", progress)
+                probes = [f.probe() for f in figures]
+                done += 1
+                serial_median = statistics.median(figures[0].walls)
+                one_worker = {ex: statistics.median(f.walls) for (ex, w), f in zip(plan_cells, figures) if w == 1}
+                for (ex, w), f, (p50, p99) in zip(plan_cells, figures, probes):
+                    walls = f.walls
+                    med = statistics.median(walls)
+                    base = one_worker.get(ex, serial_median)
+                    report.cells.append(Cell(name, ex, w, walls, med, min(walls), max(walls), serial_median / med,
+                                             base / med / w, f.utilisation, f.rss_mib, p50, p99, True, label))
+                    if med > 0 and (max(walls) - min(walls)) / med > 0.10:
+                        noisy.append(f"{name}/{LABELS[ex]} x{w} ({(max(walls) - min(walls)) / med:.0%})")
             if "dispatch" in chosen:
                 report.dispatch = _executors.dispatch(sz, ws, executors, reps, lambda d: _progress(
                     done + d, total, "dispatch", progress))
                 done += len(ws)
+            free_during = account.stop()
             if "messages" in chosen:
                 _progress(done, total, "messages", progress)
                 report.messages = _scenarios.messages(sz, reps)
@@ -178,9 +197,40 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
             _progress(total, total, "done", progress)
         finally:
             _executors.shutdown(executors)
+    report.machine["load"] = _load_verdict(cpus, load_before, free_before, free_during)
+    if report.machine["load"]["busy"]:
+        report.warnings.insert(0, report.machine["load"]["summary"])
+    if noisy:
+        report.warnings.append(
+            f"{len(noisy)} of {len(report.cells)} figures spread (max - min) over 10% of their median, "
+            f"a noisy machine: compare ratios from one run, or use --full. Worst: "
+            + ", ".join(sorted(noisy, key=lambda t: -float(t.rsplit("(", 1)[1][:-2]))[:5]))
     for p in pythons:
         report.others.append(_run_under(p, chosen, ws, reps, sz, the_plan))
     return report
+
+
+def _load_verdict(cpus: int, load_before: float | None, free_before: float | None,
+                  free_during: float | None) -> dict[str, Any]:
+    """How much of the machine the run had, and whether that makes it a busy machine: the CPUs free in the
+    calibration spin before the run and on average during it (/proc/stat less this run's own CPU time)."""
+    known = [f for f in (free_before, free_during) if f is not None]
+    least = min(known) if known else None
+    busy = least is not None and least < busy_threshold(cpus)
+    parts = []
+    if free_during is not None:
+        parts.append(f"{free_during:.1f} of them free during the run")
+    if free_before is not None:
+        parts.append(f"{free_before:.1f} in the calibration spin before it")
+    if load_before is not None:
+        parts.append(f"load average {load_before:.1f}")
+    summary = f"{cpus} CPUs, " + ", ".join(parts) if parts else f"{cpus} CPUs (free CPU time not measurable here)"
+    if busy:
+        summary = (f"BUSY MACHINE: {summary}. Other processes took CPU time from this run, so the parallel "
+                   f"figures understate what this machine does when quiet (threads and processes may look "
+                   f"better or worse than they are): rerun when it is idle")
+    return {"cpus": cpus, "free_during": free_during, "free_before": free_before, "loadavg_before": load_before,
+            "busy": busy, "summary": summary}
 
 
 def _run_under(python: str, chosen: list[str], ws: list[int], reps: int, sz: Sizes, the_plan: Plan) -> Report:

@@ -75,6 +75,18 @@ def _check_python(path: str) -> str | None:
     return None
 
 
+def _prog() -> str:
+    """How the user called it: ``gilfree-bench`` (the console script) or ``python -m gilfree.bench``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "gilfree-bench" if name.startswith("gilfree-bench") else "python -m gilfree.bench"
+
+
+def _description() -> str:
+    """The package's documentation without its synopsis (argparse prints the usage itself)."""
+    text = DOC or ""
+    return text.split("\n\n", 2)[2] if text.count("\n\n") >= 2 else text
+
+
 def _child(spec_text: str) -> int:
     """Run the work another interpreter chose (--python) and write the report as JSON."""
     spec = json.loads(spec_text)
@@ -88,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["--child"] and len(args_list) == 2:
         return _child(args_list[1])
-    ap = argparse.ArgumentParser(prog="python -m gilfree.bench", description=DOC,
+    ap = argparse.ArgumentParser(prog=_prog(), description=_description(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, under a minute on 2 cores (default)")
@@ -102,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--python", action="append", default=[], metavar="PATH",
                     help="also run under this interpreter (repeatable; it must import gilfree; a free-threaded "
                          "one runs with PYTHON_GIL=0 unless set) and merge its columns into the report")
-    ap.add_argument("--json", metavar="PATH", help="write the report as JSON (schema gilfree.bench/2)")
+    ap.add_argument("--json", metavar="PATH", help="write the report as JSON (schema gilfree.bench/3)")
     ap.add_argument("--csv", metavar="PATH", help="write the cells as CSV")
     ap.add_argument("--plot", metavar="PATH.png", help="write the speedup and convoy plots (.png, .svg or .pdf; "
                                                        "needs matplotlib)")
@@ -113,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag in OUTPUTS:
         _check_output(ap, flag, getattr(args, flag))
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        # Only whether it is there: importing it now would add its memory to every RSS figure of the run.
+        if importlib.util.find_spec("matplotlib") is None:
             ap.error("--plot needs matplotlib: pip install 'gilfree[bench]'")
     for p in args.python:
         if not (os.path.isfile(p) and os.access(p, os.X_OK)):

@@ -20,10 +20,16 @@ from .._pool import ThreadPool
 from .._procpool import ProcessPool
 from .scenarios import Scenario, Sizes, _noop
 
-EXECUTORS = ["serial", "threading", "multiprocessing", "processes", "gilfree", "native"]
-LABELS = {"serial": "serial", "threading": "threading", "multiprocessing": "multiprocessing",
-          "processes": "gilfree processes", "gilfree": "gilfree pool", "native": "native kernels"}
-PROCESS_EXECUTORS = ("multiprocessing", "processes")
+# One set of names, in the progress display, the table, the plot, the CSV and the JSON.
+EXECUTORS = ["serial", "threading", "multiprocessing", "gilfree processes", "gilfree pool", "native kernels"]
+LABELS = {e: e for e in EXECUTORS}  # for code written against the earlier short ids
+WHAT = {"serial": "a plain loop in the calling thread",
+        "threading": "concurrent.futures.ThreadPoolExecutor",
+        "multiprocessing": "concurrent.futures.ProcessPoolExecutor (map with a chunksize of about 4 chunks a worker)",
+        "gilfree processes": "gilfree.ProcessPool (the same start method and chunksize; shared-memory channels)",
+        "gilfree pool": "gilfree.ThreadPool running the same Python callables",
+        "native kernels": "gilfree.kernels: the same work in C on gilfree's pool, the GIL released throughout"}
+PROCESS_EXECUTORS = ("multiprocessing", "gilfree processes")
 PARALLEL = EXECUTORS[1:]
 
 
@@ -34,14 +40,20 @@ def make(ws: list[int]) -> dict[tuple[str, int], Any]:
         for w in ws:
             executors[("threading", w)] = cf.ThreadPoolExecutor(w)
             executors[("multiprocessing", w)] = cf.ProcessPoolExecutor(w)
-            executors[("processes", w)] = ProcessPool(w)
-            executors[("gilfree", w)] = ThreadPool(w, thread_name_prefix=f"bench{w}")
+            executors[("gilfree processes", w)] = ProcessPool(w)
+            executors[("gilfree pool", w)] = ThreadPool(w, thread_name_prefix=f"bench{w}")
             for ex in PROCESS_EXECUTORS:  # start the processes now
                 list(executors[(ex, w)].map(int, range(w)))
     except BaseException:
         shutdown(executors)
         raise
     return executors
+
+
+def worker_pids(executors: dict[tuple[str, int], Any]) -> list[int]:
+    """The worker processes of every process executor (their CPU time is this run's, not another's)."""
+    return [p.pid for (ex, _), e in executors.items() if ex in PROCESS_EXECUTORS
+            for p in list(getattr(e, "_processes", {}).values()) if p.pid]
 
 
 def shutdown(executors: dict[tuple[str, int], Any]) -> None:
@@ -55,8 +67,8 @@ def runner(s: Scenario, ex: str, w: int, executors: dict[tuple[str, int], Any]
     no_pids: Callable[[], list[int]] = lambda: []  # noqa: E731
     if ex == "serial":
         return (lambda: s.combine([s.unit_fn(u) for u in s.units])), no_pids
-    if ex == "native":
-        pool = executors[("gilfree", w)]
+    if ex == "native kernels":
+        pool = executors[("gilfree pool", w)]
         return (lambda: s.native(w, pool)), no_pids
     e = executors[(ex, w)]
     if ex in PROCESS_EXECUTORS:
@@ -99,9 +111,9 @@ def dispatch(sz: Sizes, ws: list[int], executors: dict[tuple[str, int], Any], re
 
     rows.append({"executor": "serial", "workers": 1, **per_task(serial, n)})
     for i, w in enumerate(ws):
-        for ex in ("threading", "multiprocessing", "processes", "gilfree"):
+        for ex in ("threading", "multiprocessing", "gilfree processes", "gilfree pool"):
             count = n if ex not in PROCESS_EXECUTORS else max(100, n // 10)
             rows.append({"executor": ex, "workers": w, **per_task(submit_all(executors[(ex, w)], count), count)})
-        rows.append({"executor": "native", "workers": w, **per_task(chunks(executors[("gilfree", w)], w), n)})
+        rows.append({"executor": "native kernels", "workers": w, **per_task(chunks(executors[("gilfree pool", w)], w), n)})
         tick(i + 1)
     return rows

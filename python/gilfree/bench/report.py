@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._parallel import gil_enabled
-from .executors import EXECUTORS, LABELS
+from .executors import EXECUTORS, LABELS, WHAT
+
+_OLD_IDS = {"processes": "gilfree processes", "gilfree": "gilfree pool", "native": "native kernels"}  # schema /2
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Report:
         return [*self.cells, *(c for o in self.others for c in o.cells)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": "gilfree.bench/2", "machine": self.machine, "cells": [asdict(c) for c in self.all_cells()],
+        return {"schema": "gilfree.bench/3", "machine": self.machine, "cells": [asdict(c) for c in self.all_cells()],
                 "messages": self.messages, "dispatch": self.dispatch, "io_sockets": self.io_sockets,
                 "warnings": self.warnings,
                 "interpreters": [{"label": interpreter_label(r.machine), "machine": r.machine,
@@ -80,9 +82,12 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Report:
+        """A report from its JSON (``gilfree.bench/3``, or ``/2`` with its shorter executor ids)."""
         label = interpreter_label(d["machine"])
-        cells = [Cell(**c) for c in d["cells"] if c.get("interpreter", label) == label]
-        return cls(d["machine"], cells, d["messages"], d["dispatch"], d["warnings"], d.get("io_sockets", []))
+        cells = [Cell(**{**c, "executor": _OLD_IDS.get(c["executor"], c["executor"])})
+                 for c in d["cells"] if c.get("interpreter", label) == label]
+        dispatch = [{**r, "executor": _OLD_IDS.get(r["executor"], r["executor"])} for r in d["dispatch"]]
+        return cls(d["machine"], cells, d["messages"], dispatch, d["warnings"], d.get("io_sockets", []))
 
     def to_json(self, path: str | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -118,11 +123,16 @@ class Report:
             om = o.machine
             out.write(f"  also: Python {om['python']} [{om['build']}] at {om['executable']}, "
                       f"GIL {'enabled' if om['gil_enabled'] else 'DISABLED'}\n")
+        load = m.get("load")
+        if load:
+            out.write(f"{'' if load['busy'] else 'machine: '}{load['summary']}\n")
         if m.get("plan"):
             p = m["plan"]
             out.write(f"work: {p['tasks']} tasks per scenario (at least 8 per worker of the largest count); "
                       f"sizes calibrated on this machine: the serial runs below\n")
         cells = self.all_cells()
+        if cells:
+            out.write(self.legend())
         width = max([30, *(len(self.column_label(c)) for c in cells)])
         for scen in dict.fromkeys(c.scenario for c in cells):
             out.write(f"\n{scen}: {m['descriptions'].get(scen, '')}\n")
@@ -157,10 +167,74 @@ class Report:
                     out.write(f"  {names[row['server']]:30} {row['connections']:5d} {row['rps']:9.0f} "
                               f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['cpu_us_per_req']:10.1f} "
                               f"{row['rss_mib']:8.1f}\n")
+        lesson = self.lesson()
+        if lesson:
+            out.write("\nthe lesson of this run:\n")
+            for line in lesson:
+                out.write(f"  {line}\n")
         for r in (self, *self.others):
             for w in r.warnings:
                 out.write(f"\nwarning: {w}\n")
         return out.getvalue()
+
+    def legend(self) -> str:
+        """What the columns and the executors are."""
+        used = [e for e in EXECUTORS if any(c.executor == e for c in self.all_cells())]
+        sm = self.machine.get("start_method", "")
+        lines = [
+            "columns: w = workers; wall = median of the repetitions (min–max), interleaved across the executors;",
+            "  speedup = serial wall / this wall; eff = the executor's own 1-worker wall / (w x this wall), 1.00 is",
+            "  perfect scaling (above 1 when the 1-worker figure was slowed by noise); cpu = CPU seconds of all its",
+            "  threads and worker processes / wall / w, 1.00 keeps w CPUs busy (at 1 worker the calling thread's",
+            "  submitting and combining add to it); RSS = peak resident MiB, this process and its workers;",
+            "  probe = how late a thread sleeping 1 ms wakes while the executor runs, p50/p99 ms (the GIL convoy)",
+            "executors:",
+        ]
+        for e in used:
+            extra = f", start method {sm}" if e in ("multiprocessing", "gilfree processes") and sm else ""
+            lines.append(f"  {e:17} {WHAT[e]}{extra}")
+        return "\n".join(lines) + "\n"
+
+    def lesson(self) -> list[str]:
+        """The conclusion computed from this run's figures, in a few lines (empty without the scenarios it
+        needs): pure-Python threads against the GIL, processes, native kernels, and the pool's dispatch."""
+        lines = []
+        for r in (self, *self.others):
+            tag = f" [{interpreter_label(r.machine)}]" if self.others else ""
+
+            def best(scen: str, ex: str) -> Cell | None:
+                cs = [c for c in r.cells if c.scenario == scen and c.executor == ex]
+                return max(cs, key=lambda c: (c.workers, c.speedup)) if cs else None
+
+            th = best("cpu_python", "threading")
+            if th is not None:
+                gil = r.machine.get("gil_enabled", True)
+                if th.speedup < 1.15:
+                    why = "no faster than serial: the GIL lets one thread run Python at a time" if gil else                         "no faster than serial, although the GIL is off"
+                elif gil:
+                    why = "faster than the GIL allows pure Python to be: check the machine's load above"
+                else:
+                    why = "faster: this interpreter runs Python threads without the GIL"
+                procs = [c for c in (best("cpu_python", "multiprocessing"), best("cpu_python", "gilfree processes"))
+                         if c is not None]
+                ptxt = "; " + ", ".join(f"{c.executor} {c.speedup:.1f}x" for c in procs) + " (no GIL to share, "                     "but they pay to start and to pickle)" if procs else ""
+                lines.append(f"pure-Python CPU work{tag}, {th.workers} workers: threads {th.speedup:.1f}x, {why}{ptxt}")
+            nat = best("cpu_native", "native kernels") or best("cpu_python", "native kernels")
+            if nat is not None:
+                lines.append(f"the same kind of work in C with the GIL released{tag}: native kernels {nat.speedup:.1f}x "
+                             f"serial Python ({nat.workers} workers, {nat.scenario})")
+            io = best("io_sleep", "threading")
+            if io is not None and io.workers > 1:
+                lines.append(f"blocking waits{tag} (io_sleep): threads {io.speedup:.1f}x with {io.workers} workers: the "
+                             f"GIL is released while a thread waits, so threads suit I/O")
+            if r.dispatch:
+                w = max(row["workers"] for row in r.dispatch)
+                us = {row["executor"]: row["median_us"] for row in r.dispatch if row["workers"] == w}
+                if us.get("gilfree pool") and us.get("threading"):
+                    lines.append(f"dispatch{tag}, {w} workers: a task costs {us['gilfree pool']:.1f} us on the gilfree "
+                                 f"pool, {us['threading'] / us['gilfree pool']:.1f}x less than on ThreadPoolExecutor "
+                                 f"({us['threading']:.1f} us)")
+        return lines
 
     def plot(self, path: str | None = None) -> Any:
         """The speedup per scenario and the GIL convoy probe against workers, as a matplotlib Figure. With
@@ -171,7 +245,7 @@ class Report:
         fig = figure(self)
         _display_inline_in_ipython(type(fig))
         if path is not None:
-            fig.savefig(path, dpi=100)
+            fig.savefig(path, dpi=100, bbox_inches="tight")
         return fig
 
 
@@ -192,7 +266,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema", "machine", "cells", "messages", "dispatch", "io_sockets", "warnings", "interpreters"],
     "properties": {
-        "schema": {"const": "gilfree.bench/2"},
+        "schema": {"const": "gilfree.bench/3"},
         "machine": {
             "type": "object",
             "required": ["date", "cpu", "cpus", "python", "build", "gil_enabled", "start_method", "platform",

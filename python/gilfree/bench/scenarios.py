@@ -49,6 +49,12 @@ def _read_unit(path: str) -> int:
     return total
 
 
+def _read_passes(unit: tuple[str, int]) -> int:
+    """Read a file `passes` times (the page cache serves all but the first): io_files' unit."""
+    path, passes = unit
+    return sum(_read_unit(path) for _ in range(passes))
+
+
 MIXED_SPAN = 1500
 
 
@@ -78,12 +84,13 @@ class Sizes:
     min_tasks: int = MIN_TASKS
     io_connections: tuple[int, ...] = (100,)
     io_duration_s: float = 0.5
+    io_files_s: float = 0.0  # the serial seconds io_files aims at (0: each file read once)
 
 
 QUICK = Sizes(cpu_python_s=0.2, cpu_native_s=0.3, sleep_s=0.002, file_kib=256, messages=20_000, dispatch=2_000,
-              repeat=5)
+              repeat=5, io_files_s=0.1)
 FULL = Sizes(cpu_python_s=1.0, cpu_native_s=1.5, sleep_s=0.004, file_kib=2048, messages=200_000,
-             dispatch=20_000, repeat=9, io_connections=(100, 1000), io_duration_s=2.0)
+             dispatch=20_000, repeat=9, io_connections=(100, 1000), io_duration_s=2.0, io_files_s=0.5)
 TINY = Sizes(cpu_python_s=0, cpu_native_s=0, sleep_s=0.001, file_kib=8, messages=500, dispatch=100, repeat=2,
              py_primes=3_000, native_primes=60_000, min_tasks=4, io_connections=(10,), io_duration_s=0.1)  # smoke tests and the notebook's test run
 
@@ -113,6 +120,7 @@ class Plan:
     sleep_s: float
     files: int
     file_kib: int
+    file_passes: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -124,8 +132,27 @@ def plan(sz: Sizes, max_workers: int, scenarios: list[str]) -> Plan:
                           if "cpu_python" in scenarios else 0)
     nat = sz.native_primes or (_calibrate(lambda a, b: kernels.count_primes(a, b, workers=1), sz.cpu_native_s,
                                           20_000) if "cpu_native" in scenarios else 0)
+    passes = _calibrate_reads(sz.file_kib, sz.io_files_s, tasks) if "io_files" in scenarios else 1
     return Plan(tasks=tasks, py_primes=py, native_primes=nat, sleeps=tasks, sleep_s=sz.sleep_s, files=tasks,
-                file_kib=sz.file_kib)
+                file_kib=sz.file_kib, file_passes=passes)
+
+
+def _calibrate_reads(file_kib: int, target_s: float, files: int) -> int:
+    """How many times io_files reads each file so that its serial run lasts about target_s here: time reads
+    of one file of that size (from the page cache, as the run's reads are) for 20 ms."""
+    if target_s <= 0:
+        return 1
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="gilfree-bench-probe-") as f:
+        f.write(os.urandom(file_kib * 1024))
+        f.flush()
+        _read_unit(f.name)
+        n, t0 = 0, time.perf_counter()
+        while (dt := time.perf_counter() - t0) < 0.02:
+            _read_unit(f.name)
+            n += 1
+    return max(1, min(10_000, round(target_s / (files * dt / n))))
 
 
 def _native_sleeps(p: Plan, workers: int, pool: ThreadPool) -> int:
@@ -182,8 +209,10 @@ def build(p: Plan, data_dir: str, names: Sequence[str] = FILE_SCENARIOS) -> dict
             "io_sleep", f"{p.sleeps} blocking sleeps of {p.sleep_s * 1e3:.0f} ms", [p.sleep_s] * p.sleeps,
             _sleep_unit, lambda w, pool: _native_sleeps(p, w, pool)),
         "io_files": Scenario(
-            "io_files", f"read {p.files} files of ~{p.file_kib} KiB", paths, _read_unit,
-            lambda w, pool: sum(kernels.read_files(paths, workers=w, pool=pool))),
+            "io_files", f"read {p.files} files of ~{p.file_kib} KiB, each {p.file_passes} "
+            f"time{'s' if p.file_passes > 1 else ''} (the page cache serves the repeats)",
+            [(path, p.file_passes) for path in paths], _read_passes,
+            lambda w, pool: sum(kernels.read_files(paths * p.file_passes, workers=w, pool=pool))),
         "mixed": Scenario(
             "mixed", f"pipeline: read each of {p.files} files, then count primes after its size", paths,
             _mixed_unit, lambda w, pool: sum(kernels.count_primes(n, n + MIXED_SPAN, workers=w, pool=pool)
