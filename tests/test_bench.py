@@ -200,6 +200,15 @@ def test_notebook_executes() -> None:
     assert len(drawing) == 3
     for c in drawing:
         assert any("image/png" in o.get("data", {}) for o in c.outputs), f"no image from: {c.source[:60]!r}"
+    # the first comparison states a verdict computed from its own figures
+    import re
+
+    first = next(c for c in nb.cells if c.cell_type == "code" and "def two_threads" in c.source)
+    text = "".join(o.get("text", "") for o in first.outputs)
+    m = re.search(r"2 threads: (\d+\.\d+)x serial, (.*)", text)
+    assert m, text
+    x = float(m.group(1))
+    assert m.group(2).startswith("no faster") == (x < 1.15), text
 
 
 def test_cli_refuses_impossible_worker_counts_and_bad_pythons_at_once(tmp_path: Any) -> None:
