@@ -80,7 +80,8 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         }
         PyErr_Format(PyExc_TypeError,
                      "select() case %d must be a channel's bound recv, a (channel.send, value) pair, "
-                     "gilfree.readable(f), gilfree.writable(f), gilfree.default or None, not %.100R",
+                     "gilfree.readable(f), gilfree.writable(f), gilfree.default or None, not %.100R "
+                     "(pass ch.recv itself, not ch.recv(): calling it receives a value before select runs)",
                      i, arg);
         goto done;
     }

@@ -8,12 +8,13 @@ import pickle
 import sys
 import threading
 import time
+import re
 
 import pytest
 from conftest import Background, wait_until
 
 import gilfree
-from gilfree import Channel, ChannelClosed, WouldBlock
+from gilfree import Channel, ChannelClosed, WouldBlock, default, select
 
 # ---- construction ------------------------------------------------------------------------------------
 
@@ -583,3 +584,32 @@ def test_len_never_exceeds_capacity_while_peers_run_lock_free() -> None:
         for _ in range(1000):
             assert gilfree.select((ch.send, 0), gilfree.default)[0] == 0
             ch.recv_nowait()
+
+
+# ---- habits from queue.Queue and Go ----------------------------------------------------------------------
+
+def test_queue_method_names_get_a_hint() -> None:
+    ch: Channel[int] = Channel(1)
+    for name, hint in [("put", "send(value)"), ("get", "recv()"), ("get_nowait", "recv_nowait()"),
+                       ("qsize", "len(ch)"), ("task_done", "close()")]:
+        with pytest.raises(AttributeError, match=r"a channel is not a queue.Queue: use " + re.escape(hint)) as ei:
+            getattr(ch, name)
+        assert ei.value.name == name and ei.value.obj is ch
+    with pytest.raises(AttributeError) as ei:
+        ch.bogus  # type: ignore[attr-defined]
+    assert str(ei.value) == "'Channel' object has no attribute 'bogus'"
+    assert not hasattr(ch, "put")
+
+
+def test_a_channel_is_true_even_when_empty() -> None:
+    ch: Channel[int] = Channel(2)
+    assert bool(ch) is True and len(ch) == 0
+    ch.send(1)
+    assert bool(ch) is True and len(ch) == 1
+
+
+def test_select_on_a_called_recv_says_what_happened() -> None:
+    ch: Channel[int] = Channel(1)
+    ch.send(5)
+    with pytest.raises(TypeError, match=r"not 5 \(pass ch.recv itself, not ch.recv\(\)"):
+        select(ch.recv(), default)

@@ -368,3 +368,10 @@ def test_a_crashed_creator_leaves_nothing_behind() -> None:
     while os.path.exists(f"/dev/shm/{name}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_process_channel_queue_names_get_a_hint_and_it_is_always_true() -> None:
+    with ProcessChannel(2) as ch:
+        assert bool(ch) is True and len(ch) == 0
+        with pytest.raises(AttributeError, match=r"use send\(value\)"):
+            ch.put  # type: ignore[attr-defined]

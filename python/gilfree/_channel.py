@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, AsyncIterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, TypeVar
 
 from . import _core
 
@@ -96,6 +96,23 @@ async def _await_op(op: Any, fut: asyncio.Future[None]) -> Any:
     return op.result()
 
 
+# The queue.Queue / asyncio.Queue / multiprocessing.Queue names users reach for, and their channel forms.
+_QUEUE_NAMES = {"put": "send(value)", "get": "recv()", "put_nowait": "send_nowait(value)",
+                "get_nowait": "recv_nowait()", "qsize": "len(ch)", "empty": "len(ch) == 0",
+                "full": "len(ch) == ch.capacity", "task_done": "close() when done sending, and `for v in ch` to receive",
+                "join": "close() when done sending, and `for v in ch` to receive"}
+
+
+def _missing(obj: object, name: str) -> AttributeError:
+    """AttributeError for a missing attribute, with the channel's form of a queue method."""
+    msg = f"{type(obj).__name__!r} object has no attribute {name!r}"
+    if name in _QUEUE_NAMES:
+        msg += f" (a channel is not a queue.Queue: use {_QUEUE_NAMES[name]})"
+    err = AttributeError(msg)
+    err.name, err.obj = name, obj
+    return err
+
+
 class Channel(_core.Channel[T]):
     """A Go-style channel shared by threads and coroutines.
 
@@ -122,6 +139,16 @@ class Channel(_core.Channel[T]):
 
     __slots__ = ()
     __module__ = "gilfree"
+
+    def __bool__(self) -> bool:
+        """Always True: a channel is an object, not a container, as a queue.Queue is (``len(ch)`` counts the
+        values buffered, as Go's ``len(ch)`` does; ``if ch:`` does not ask that)."""
+        return True
+
+    if not TYPE_CHECKING:  # at run time only: a type checker still reports ch.put as an error
+
+        def __getattr__(self, name: str) -> Any:
+            raise _missing(self, name)
 
     async def send_async(self, value: T) -> None:
         """Send from a coroutine; the event loop never blocks. Raises ChannelClosed like send()."""

@@ -15,7 +15,7 @@ import secrets
 import threading
 import weakref
 from types import TracebackType
-from typing import Any, Generic, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Iterable, Iterator, TypeVar
 
 from . import _core
 from ._core import ChannelClosed
@@ -147,6 +147,17 @@ class ProcessChannel(Generic[T]):
 
     def __len__(self) -> int:
         return int(self._h.count())
+
+    def __bool__(self) -> bool:
+        """Always True, as for Channel: ``len(ch)`` counts the messages waiting."""
+        return True
+
+    if not TYPE_CHECKING:  # at run time only: a type checker still reports ch.put as an error
+
+        def __getattr__(self, name: str) -> Any:
+            from ._channel import _missing
+
+            raise _missing(self, name)
 
     def __repr__(self) -> str:
         if self._h.released:
