@@ -110,6 +110,39 @@ def test_mypy_strict_accepts_stubs_package_and_readme(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+MISUSE = """\
+import gilfree
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+with gilfree.ThreadPool(2) as tp, gilfree.ProcessPool(1) as pp:
+    ok: int = tp.submit(square, 3).result() + pp.submit(square, 4).result()
+    tp.submit(square, "x")
+    pp.submit(square, "x")
+    tp.submit(square)
+    pp.submit(square, 1, 2)
+ch: gilfree.Channel[int] = gilfree.Channel(1)
+ch.put(1)
+"""
+
+
+def test_mypy_catches_wrong_arguments_to_submit_and_queue_habits(tmp_path: Path) -> None:
+    """submit is typed with ParamSpec (both pools): the arguments are checked against the function's."""
+    pytest.importorskip("mypy", reason="mypy comes with the test extra")
+    f = tmp_path / "misuse.py"
+    f.write_text(MISUSE)
+    env = dict(os.environ, MYPYPATH=str(ROOT / "python"))
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
+                          "--follow-imports=silent", str(f)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    lines = {int(m.group(1)) for m in re.finditer(r"misuse.py:(\d+): error", out.stdout)}
+    assert lines == {10, 11, 12, 13, 15}, out.stdout  # every misuse, and not the correct line 9
+
+
 def test_importing_the_source_tree_without_the_extension_says_so(tmp_path: Any) -> None:
     """From the checkout's python/ directory, without the built extension, the error used to be a misleading
     "circular import"; it names the missing extension and how to build it."""

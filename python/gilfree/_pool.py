@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 from . import _core
 from ._channel import Channel
@@ -25,6 +25,7 @@ _INLINE_MAX_S = 0.0005  # map: an inline run longer than this (a tenth of the GI
 _INLINE_RETRY = 64      # ... for this many items, then it measures again
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 __all__ = ["ThreadPool"]
 
@@ -65,7 +66,7 @@ class _StreamingMap:
         @property
         def max_workers(self) -> int: ...
 
-        def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]: ...
+        def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> cf.Future[T]: ...
 
     def _inline_runner(self) -> Callable[[cf.Future[Any]], object] | None:
         return None
@@ -294,7 +295,7 @@ class ThreadPool(_core.Pool, _StreamingMap, cf.Executor):
 
     if TYPE_CHECKING:
         # At run time submit is the C method of _core.Pool; this is its type.
-        def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]: ...
+        def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
 
     @property
     def _threads(self) -> set[_WorkerThread]:

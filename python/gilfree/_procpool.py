@@ -44,7 +44,7 @@ import traceback
 import types
 import weakref
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from ._core import ChannelClosed, WouldBlock, _shm_cas, _shm_load, _shm_store
 from ._future import Future
@@ -52,6 +52,7 @@ from ._pool import _StreamingMap
 from ._process import ProcessChannel, _tracker
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 __all__ = ["BrokenProcessPool", "ProcessPool"]
 
@@ -963,7 +964,7 @@ class ProcessPool(_StreamingMap, cf.Executor):
         return (f"<gilfree.ProcessPool max_workers={self._s.max_workers} "
                 f"{self._mp_context.get_start_method()} {state}>")
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` in a worker process; returns its gilfree.Future."""
         if not callable(fn):
             raise TypeError(f"submit() argument 'fn' must be callable, not {type(fn).__name__}")
