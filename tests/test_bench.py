@@ -65,7 +65,7 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     width, height = png_size(tmp_path / "r.png")
     assert width > height > 300  # panels side by side, the legend outside them
     assert m["load"]["cpus"] == m["cpus"] and isinstance(m["load"]["busy"], bool)
-    assert "the lesson of this run:" in out.stdout and "columns: w = workers" in out.stdout
+    assert "the lesson of this run:" in out.stdout and "columns:\n  w        workers\n" in out.stdout
     assert "GIL enabled" in out.stdout or "GIL DISABLED" in out.stdout
     assert "cpu_python" in out.stdout and "messages" in out.stdout
 
@@ -157,6 +157,9 @@ def test_another_interpreter_is_merged_into_one_report(tmp_path: Path) -> None:
     label = report["cells"][0]["interpreter"]
     assert f"threading [{label}]" in out.stdout
     assert out.stdout.count("also: Python") == 1
+    back = bench.Report.from_dict(report)  # the JSON reads back with both interpreters' columns
+    assert len(back.others) == 1 and len(back.all_cells()) == len(report["cells"])
+    assert back.table().count("also: Python") == 1
 
 
 def test_gil_status_in_the_header() -> None:
@@ -320,7 +323,7 @@ def test_the_lesson_is_computed_from_the_figures() -> None:
     lesson = r.lesson()
     assert lesson[0].startswith("pure-Python CPU work, 2 workers: threads 0.9x, no faster than serial: the GIL")
     assert "multiprocessing 1.7x" in lesson[0]
-    assert "native kernels 24.2x serial Python" in lesson[1]
+    assert "the same work in C with the GIL released: native kernels 24.2x serial Python (2 workers)" in lesson[1]
     assert "threads 2.0x with 2 workers" in lesson[2]
     assert "0.5 us on the gilfree pool, 24.0x less than on ThreadPoolExecutor" in lesson[3]
     assert "the lesson of this run:" in r.table()

@@ -57,3 +57,22 @@ def test_every_public_name_has_an_entry(built: Path) -> None:
     missing = sorted(expected - names)
     assert not missing, f"no documentation entry for: {missing}"
     assert kernels.__doc__
+
+
+def test_every_public_name_appears_in_an_example() -> None:
+    """Each public name (the package's, the kernels', rx's) is used in at least one example that runs: a
+    doctest line of the documentation pages or of a docstring."""
+    import inspect
+    import re
+
+    lines = []
+    for page in (ROOT / "docs").glob("*.rst"):
+        lines += [ln.strip() for ln in page.read_text().splitlines() if ln.strip().startswith((">>>", "..."))]
+    for n in gilfree.__all__:
+        doc = inspect.getdoc(getattr(gilfree, n)) or ""
+        lines += [ln.strip() for ln in doc.splitlines() if ln.strip().startswith((">>>", "..."))]
+    text = "\n".join(lines)
+    names = [*gilfree.__all__, "count_primes", "mandelbrot", "monte_carlo_pi", "sum_squares", "sleep",
+             "read_files", *getattr(rx, "__all__", ["Observable"])]
+    missing = [n for n in names if not re.search(rf"\b{re.escape(n)}\b", text)]
+    assert not missing, f"in no example: {missing}"

@@ -11,11 +11,25 @@ import multiprocessing
 import os
 import platform
 import sys
+import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._parallel import gil_enabled
 from .executors import EXECUTORS, LABELS, WHAT
+
+# The table's columns and what they mean (the legend printed with every table, and the docs' table).
+COLUMNS = [
+    ("w", "workers"),
+    ("wall", "median of the repetitions in ms (min–max); the repetitions are interleaved across the executors"),
+    ("speedup", "serial wall / this wall"),
+    ("eff", "parallel efficiency: the executor's own 1-worker wall / (w x this wall); 1.00 is perfect scaling, "
+            "above 1 when noise slowed the 1-worker figure"),
+    ("cpu", "CPU seconds of all its threads and worker processes / wall / w; 1.00 keeps w CPUs busy (at 1 "
+            "worker the calling thread's submitting and combining add to it, so it can pass 1)"),
+    ("RSS", "peak resident MiB, this process and its worker processes"),
+    ("probe", "how late a thread sleeping 1 ms wakes while the executor runs, p50/p99 ms: the GIL convoy"),
+]
 
 _OLD_IDS = {"processes": "gilfree processes", "gilfree": "gilfree pool", "native": "native kernels"}  # schema /2
 
@@ -75,7 +89,7 @@ class Report:
         return {"schema": "gilfree.bench/3", "machine": self.machine, "cells": [asdict(c) for c in self.all_cells()],
                 "messages": self.messages, "dispatch": self.dispatch, "io_sockets": self.io_sockets,
                 "warnings": self.warnings,
-                "interpreters": [{"label": interpreter_label(r.machine), "machine": r.machine,
+                "interpreters": [{"label": interpreter_label(r.machine), "machine": r.machine, "cell_count": len(r.cells),
                                   "messages": r.messages, "dispatch": r.dispatch, "io_sockets": r.io_sockets,
                                   "warnings": r.warnings}
                                  for r in (self, *self.others)]}
@@ -84,10 +98,23 @@ class Report:
     def from_dict(cls, d: dict[str, Any]) -> Report:
         """A report from its JSON (``gilfree.bench/3``, or ``/2`` with its shorter executor ids)."""
         label = interpreter_label(d["machine"])
-        cells = [Cell(**{**c, "executor": _OLD_IDS.get(c["executor"], c["executor"])})
-                 for c in d["cells"] if c.get("interpreter", label) == label]
+        interps = d.get("interpreters", [])
+        counts = [i.get("cell_count") for i in interps]
+        if len(interps) > 1 and None not in counts:  # the cells are in interpreter order: slice them
+            starts = [sum(counts[:k]) for k in range(len(counts) + 1)]
+            per = [d["cells"][starts[k]:starts[k + 1]] for k in range(len(counts))]
+        else:  # (older reports) by label
+            per = [[c for c in d["cells"] if c.get("interpreter", i["label"]) == i["label"]] for i in interps] or \
+                [[c for c in d["cells"] if c.get("interpreter", label) == label]]
+        cells = [Cell(**{**c, "executor": _OLD_IDS.get(c["executor"], c["executor"])}) for c in per[0]]
         dispatch = [{**r, "executor": _OLD_IDS.get(r["executor"], r["executor"])} for r in d["dispatch"]]
-        return cls(d["machine"], cells, d["messages"], dispatch, d["warnings"], d.get("io_sockets", []))
+        report = cls(d["machine"], cells, d["messages"], dispatch, d["warnings"], d.get("io_sockets", []))
+        for other, cs in zip(interps[1:], per[1:]):  # the --python columns, each a report of its own
+            report.others.append(cls.from_dict({
+                "machine": other["machine"], "messages": other.get("messages", []),
+                "dispatch": other.get("dispatch", []), "warnings": other.get("warnings", []),
+                "io_sockets": other.get("io_sockets", []), "cells": cs}))
+        return report
 
     def to_json(self, path: str | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -181,15 +208,10 @@ class Report:
         """What the columns and the executors are."""
         used = [e for e in EXECUTORS if any(c.executor == e for c in self.all_cells())]
         sm = self.machine.get("start_method", "")
-        lines = [
-            "columns: w = workers; wall = median of the repetitions (min–max), interleaved across the executors;",
-            "  speedup = serial wall / this wall; eff = the executor's own 1-worker wall / (w x this wall), 1.00 is",
-            "  perfect scaling (above 1 when the 1-worker figure was slowed by noise); cpu = CPU seconds of all its",
-            "  threads and worker processes / wall / w, 1.00 keeps w CPUs busy (at 1 worker the calling thread's",
-            "  submitting and combining add to it); RSS = peak resident MiB, this process and its workers;",
-            "  probe = how late a thread sleeping 1 ms wakes while the executor runs, p50/p99 ms (the GIL convoy)",
-            "executors:",
-        ]
+        lines = ["columns:"]
+        for name, meaning in COLUMNS:
+            lines.append(textwrap.fill(meaning, 110, initial_indent=f"  {name:8} ", subsequent_indent=" " * 11))
+        lines.append("executors:")
         for e in used:
             extra = f", start method {sm}" if e in ("multiprocessing", "gilfree processes") and sm else ""
             lines.append(f"  {e:17} {WHAT[e]}{extra}")
@@ -219,10 +241,13 @@ class Report:
                          if c is not None]
                 ptxt = "; " + ", ".join(f"{c.executor} {c.speedup:.1f}x" for c in procs) + " (no GIL to share, "                     "but they pay to start and to pickle)" if procs else ""
                 lines.append(f"pure-Python CPU work{tag}, {th.workers} workers: threads {th.speedup:.1f}x, {why}{ptxt}")
-            nat = best("cpu_native", "native kernels") or best("cpu_python", "native kernels")
+            nat = best("cpu_python", "native kernels")
             if nat is not None:
-                lines.append(f"the same kind of work in C with the GIL released{tag}: native kernels {nat.speedup:.1f}x "
-                             f"serial Python ({nat.workers} workers, {nat.scenario})")
+                lines.append(f"the same work in C with the GIL released{tag}: native kernels {nat.speedup:.1f}x "
+                             f"serial Python ({nat.workers} workers)")
+            elif (nat := best("cpu_native", "native kernels")) is not None:
+                lines.append(f"C code with the GIL released{tag}: native kernels {nat.speedup:.1f}x serial with "
+                             f"{nat.workers} workers")
             io = best("io_sleep", "threading")
             if io is not None and io.workers > 1:
                 lines.append(f"blocking waits{tag} (io_sleep): threads {io.speedup:.1f}x with {io.workers} workers: the "

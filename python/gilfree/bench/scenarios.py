@@ -23,6 +23,19 @@ from .._pool import ThreadPool
 SCENARIOS = ["cpu_python", "cpu_native", "io_sleep", "io_files", "mixed"]
 EXTRA = ["messages", "dispatch", "io_sockets"]  # measured per message / task / request, not per executor
 TASKS_PER_WORKER = 8
+# What each scenario measures (the docs' table is generated from this; a run's own descriptions add sizes).
+ABOUT = {
+    "cpu_python": "count primes in pure Python: what the GIL does to threads",
+    "cpu_native": "count primes with the C kernel in every task: each task releases the GIL",
+    "io_sleep": "blocking sleeps: waiting, which releases the GIL",
+    "io_files": "read the files of a temporary data set, each several times (the page cache serves the repeats)",
+    "mixed": "a pipeline: read each file, then count primes in Python after its size",
+    "messages": "one producer, one consumer: gilfree.Channel, queue.Queue, multiprocessing.Queue and "
+                "gilfree.ProcessChannel, ns per message",
+    "dispatch": "the per-task overhead of each executor: a no-op task submitted, then waited for",
+    "io_sockets": "TCP echo on loopback: gilfree's select against asyncio (and uvloop where installed) and a "
+                  "thread per connection",
+}
 MIN_TASKS = 32
 
 # ---- work units (module level: they cross into worker processes) ----------------------------------------
