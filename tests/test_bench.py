@@ -423,3 +423,12 @@ def test_help_is_for_users() -> None:
     finally:
         sys.argv = old
     assert "The package follows" not in (bench.__doc__ or "")
+
+
+def test_the_readme_describes_the_scenarios_the_code_runs() -> None:
+    from gilfree.bench import scenarios
+
+    readme = (ROOT / "README.md").read_text()
+    assert set(scenarios.ABOUT) == set(scenarios.SCENARIOS + scenarios.EXTRA)
+    for name, about in scenarios.ABOUT.items():
+        assert f"| `{name}` | {about} |" in readme, name
