@@ -28,7 +28,7 @@ from .actor import Actor, ActorRef, ActorStopped, Supervisor
 from .pipeline import Pipeline, broadcast, merge
 from . import kernels, reference, rx  # noqa: E402  (after the pool: kernels use it)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "Actor",
