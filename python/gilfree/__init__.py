@@ -21,6 +21,7 @@ from ._future import Future, as_completed, first, gather, wait
 from ._netpoll import readable, wait_readable, wait_writable, writable
 from ._process import ProcessChannel
 from ._procpool import BrokenProcessPool, ProcessPool
+from .queue import DurableQueue, LeaseLost
 from ._parallel import KernelError, gil_enabled, parallel_for
 from ._pool import ThreadPool
 from ._timer import Ticker, after, tick
@@ -41,8 +42,10 @@ __all__ = [
     "ChannelClosed",
     "Context",
     "DeadlineExceeded",
+    "DurableQueue",
     "Future",
     "KernelError",
+    "LeaseLost",
     "Pipeline",
     "ProcessChannel",
     "ProcessPool",

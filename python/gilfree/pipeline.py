@@ -85,19 +85,23 @@ class _Run:
             t.join()
 
 
-def _stream_map(executor: cf.Executor, fn: Callable[[Any], Any], items: Iterator[Any], window: int,
+def _stream_map(executor: cf.Executor, fn: Callable[[Any], Any], inp: Channel[Any], window: int,
                 ordered: bool, run: _Run) -> Iterator[Any]:
-    """fn over items on executor, at most `window` in flight, in input or completion order."""
+    """fn over the items of inp on executor, at most `window` in flight, in input or completion order. It
+    waits for input only when nothing is in flight: a source that pauses (a queue consumer, a socket)
+    never holds back results that are ready."""
     pending: collections.deque[cf.Future[Any]] = collections.deque()
     done: Channel[cf.Future[Any]] = Channel(None)
     exhausted = False
 
-    def top_up() -> None:
+    def top_up(block: bool) -> None:
         nonlocal exhausted
         while not exhausted and len(pending) < window and not run.stopped.is_set():
             try:
-                item = next(items)
-            except StopIteration:
+                item = inp.recv() if block and not pending else inp.recv_nowait()
+            except _core.WouldBlock:
+                return
+            except _core.ChannelClosed:
                 exhausted = True
                 return
             f = executor.submit(fn, item)
@@ -106,15 +110,18 @@ def _stream_map(executor: cf.Executor, fn: Callable[[Any], Any], items: Iterator
             pending.append(f)
 
     try:
-        top_up()
-        while pending:
+        while True:
+            if not pending:
+                top_up(True)  # nothing in flight: wait for input
+                if not pending:
+                    break  # the input ended (or the run stopped)
             if ordered:
                 f = pending.popleft()
             else:
                 f = done.recv()
                 pending.remove(f)
             value = f.result()
-            top_up()
+            top_up(False)  # what input is there, without waiting: the value goes on at once
             yield value
     finally:
         for f in pending:
@@ -223,7 +230,7 @@ class Pipeline(Generic[T]):
                     from ._parallel import default_pool
 
                     executor = default_pool()
-                for v in _stream_map(executor, fn, iter(inp), spec["workers"], spec["ordered"], run):
+                for v in _stream_map(executor, fn, inp, spec["workers"], spec["ordered"], run):
                     out.send(v)
             elif kind == "filter":
                 for v in inp:
