@@ -18,6 +18,7 @@ handlers idempotent.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import functools
 import json
@@ -199,16 +200,25 @@ class DurableQueue:
 
     # ---- consumers ----------------------------------------------------------------------------------
 
-    def consumer(self, group: str = "default", name: str | None = None) -> Consumer[Any]:
+    def consumer(self, group: str = "default", name: str | None = None, *, prefetch: int = 1) -> Consumer[Any]:
         """A consumer in ``group`` (created on first use: it starts at the oldest message the queue still
-        holds). Iterate it, or ``get``/``get_many``; close it (or use ``with``) when done."""
+        holds). Iterate it, or ``get``/``get_many``; close it (or use ``with``) when done.
+
+        ``prefetch``: how many messages ``get`` and iteration take from the store at once (as Kafka's
+        ``max.poll.records`` or RabbitMQ's prefetch count). More is faster; the messages taken wait here
+        under their leases, invisible to the group's other consumers, and one that has waited half its
+        lease is handed back instead of out."""
         _check_name(group, "group")
         if name is None:
             name = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
         elif not isinstance(name, str) or not name:
             raise TypeError("name must be a non-empty str or None")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int):
+            raise TypeError(f"prefetch must be an int, not {type(prefetch).__name__}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
         self._b.ensure_group(group)
-        c: Consumer[Any] = Consumer(self, group, name)
+        c: Consumer[Any] = Consumer(self, group, name, prefetch)
         self._consumers.add(c)
         return c
 
@@ -319,8 +329,10 @@ class Consumer(Generic[T]):
 
     __module__ = "gilfree.queue"
 
-    def __init__(self, q: DurableQueue, group: str, name: str) -> None:
-        self._q, self.group, self.name = q, group, name
+    def __init__(self, q: DurableQueue, group: str, name: str, prefetch: int = 1) -> None:
+        self._q, self.group, self.name, self.prefetch = q, group, name, prefetch
+        self._buffer: collections.deque[tuple[float, Message[T]]] = collections.deque()  # (taken at, msg)
+        self._buffer_lock = threading.Lock()
         self._closed = threading.Event()
         self._held: dict[str, Message[T]] = {}
         self._held_lock = threading.Lock()
@@ -359,13 +371,50 @@ class Consumer(Generic[T]):
                 q._wake.wait(wait)  # a put in this process wakes it at once
             pause = min(pause * 2, POLL_MAX)
 
+    def _next(self, timeout: float | None) -> Message[T] | None:
+        """One message: from the prefetched ones (handing back any that waited half its lease), else from
+        the store, taking up to ``prefetch``."""
+        while True:
+            with self._buffer_lock:
+                item = self._buffer.popleft() if self._buffer else None
+            if item is None:
+                break
+            taken_at, msg = item
+            if time.monotonic() - taken_at < self._q.lease / 2:
+                return msg
+            self._release(msg)  # too old to hand out: its lease might run out in the handler
+        msgs = self._take(self.prefetch, timeout)
+        if not msgs:
+            return None
+        now = time.monotonic()
+        with self._buffer_lock:
+            self._buffer.extend((now, m) for m in msgs[1:])
+        return msgs[0]
+
     def get(self, timeout: float | None = None) -> Message[T]:
         """The next message (waiting up to ``timeout`` seconds; None: as long as it takes). TimeoutError
         when none came; ChannelClosed once the consumer is closed."""
-        msgs = self._take(1, timeout)
-        if not msgs:
+        msg = self._next(timeout)
+        if msg is None:
             raise TimeoutError(f"no message for group {self.group!r} within {timeout} s")
-        return msgs[0]
+        return msg
+
+    def ack_many(self, messages: Iterable[Message[T]]) -> None:
+        """Ack several messages in one transaction (SQLite) or one round trip (Redis). LeaseLost names
+        those whose lease ran out (the others are acked)."""
+        msgs = list(messages)
+        for m in msgs:
+            if m._c is not self:
+                raise ValueError(f"message {m.id} was taken by another consumer")
+            m._settle("acked")
+        try:
+            ok = self._q._b.ack_many(self.group, [(m.id, m._t.token) for m in msgs])
+        finally:
+            for m in msgs:
+                self._done(m)
+        lost = [m.id for m, good in zip(msgs, ok) if not good]
+        if lost:
+            raise LeaseLost(f"messages {', '.join(lost)}: their leases ran out and they went to another consumer")
 
     def get_many(self, n: int, timeout: float | None = None) -> list[Message[T]]:
         """Up to ``n`` messages: waits up to ``timeout`` for the first, then takes what else is ready
@@ -374,6 +423,10 @@ class Consumer(Generic[T]):
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        with self._buffer_lock:
+            mine = [self._buffer.popleft()[1] for _ in range(min(n, len(self._buffer)))]
+        if mine:
+            return mine
         return self._take(n, timeout)
 
     def __iter__(self) -> Iterator[Message[T]]:
@@ -381,9 +434,11 @@ class Consumer(Generic[T]):
 
     def __next__(self) -> Message[T]:
         try:
-            return self._take(1, None)[0]
+            msg = self._next(None)
         except ChannelClosed:
             raise StopIteration from None
+        assert msg is not None
+        return msg
 
     # ---- bridges ------------------------------------------------------------------------------------
 
@@ -433,9 +488,10 @@ class Consumer(Generic[T]):
             n = 0
             while limit is None or n < limit:
                 try:
-                    msg = self._take(1, None)[0]
+                    msg = self._next(None)
                 except ChannelClosed:
                     break
+                assert msg is not None
                 try:
                     with msg:
                         fn(msg.value)
@@ -474,10 +530,12 @@ class Consumer(Generic[T]):
             if not acquired:
                 break
             try:
-                msg = self._take(1, None)[0]
+                got = self._next(None)
             except ChannelClosed:
                 slots.release()
                 break
+            assert got is not None
+            msg = got
             try:
                 value = msg.value
                 fut = executor.submit(fn, value)
@@ -511,6 +569,11 @@ class Consumer(Generic[T]):
         self._closed.set()
         with self._q._wake:
             self._q._wake.notify_all()
+        with self._buffer_lock:
+            prefetched = [m for _, m in self._buffer]
+            self._buffer.clear()
+        for m in prefetched:
+            self._release(m)
         ch = getattr(self, "_channel", None)
         if ch is not None:
             ch.close()

@@ -317,6 +317,21 @@ class RedisBackend:
         if self._acks % TRIM_EVERY == 0:
             self.trim()
 
+    def ack_many(self, grp: str, items: Sequence[tuple[str, Any]]) -> list[bool]:
+        """Ack several in one round trip; for each, whether its lease still held."""
+        k = self._keys(grp)
+
+        def go() -> list[Any]:
+            p = self._r.pipeline(transaction=False)
+            for msg_id, token in items:
+                self._ack(keys=[k[0], k[2], k[3], k[4], k[5], k[7]], args=[grp, msg_id, token], client=p)
+            return list(p.execute())
+        results = self._call(go)
+        self._acks += len(items)
+        if self._acks % TRIM_EVERY < len(items):
+            self.trim()
+        return [r == 1 for r in results]
+
     def nack(self, grp: str, msg_id: str, token: Any, due: float, error: str | None, max_attempts: int) -> bool:
         delay_ms = max(0, int((due - time.time()) * 1000))
         r = self._call(lambda: self._nack(keys=self._keys(grp), args=[grp, msg_id, token, delay_ms, error or "",

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS gf_pending(
     PRIMARY KEY(queue, grp, msg_id));
 CREATE INDEX IF NOT EXISTS gf_pending_due ON gf_pending(queue, grp, state, due);
 CREATE INDEX IF NOT EXISTS gf_pending_msg ON gf_pending(msg_id);
+CREATE TRIGGER IF NOT EXISTS gf_settle AFTER DELETE ON gf_pending BEGIN
+    DELETE FROM gf_msg WHERE id=OLD.msg_id AND NOT EXISTS (SELECT 1 FROM gf_pending WHERE msg_id=OLD.msg_id)
+        AND NOT EXISTS (SELECT 1 FROM gf_group WHERE queue=OLD.queue AND cursor<OLD.msg_id);
+END;
 """
 SCHEMA_VERSION = "1"
 LEASED, WAITING, DEAD = 1, 2, 3
@@ -86,9 +90,8 @@ class SQLiteBackend:
 
     def _setup(self, c: sqlite3.Connection) -> None:
         try:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    c.execute(statement)
+            for statement in _statements(SCHEMA):
+                c.execute(statement)
         except sqlite3.DatabaseError as e:
             raise ValueError(f"url: {self.path!r} is not a usable SQLite database ({e})") from None
         row = c.execute("SELECT v FROM gf_meta WHERE k='schema'").fetchone()
@@ -121,6 +124,18 @@ class SQLiteBackend:
                     c.execute("ROLLBACK")
                 raise
 
+    def _one(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        """One statement in its own (implicit) transaction: the cheapest durable write."""
+        c = self._conn()
+        while True:
+            try:
+                return c.execute(sql, params)
+            except sqlite3.OperationalError as e:
+                if _busy(e):
+                    time.sleep(0.001)
+                    continue
+                raise
+
     def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         c = self._conn()
         while True:
@@ -136,6 +151,11 @@ class SQLiteBackend:
 
     def put_many(self, items: Sequence[tuple[str | None, bytes, float]]) -> list[str]:
         now = time.time()
+        if len(items) == 1:  # one INSERT commits by itself
+            key, body, not_before = items[0]
+            cur = self._one("INSERT INTO gf_msg(queue, key, body, not_before, created) VALUES(?,?,?,?,?)",
+                            (self.queue, key, body, not_before, now))
+            return [str(cur.lastrowid)]
 
         def go(c: sqlite3.Connection) -> list[str]:
             ids = []
@@ -200,20 +220,20 @@ class SQLiteBackend:
             return out
         return self._write(go)
 
-    def _settle(self, c: sqlite3.Connection, grp: str, msg_id: int) -> None:
-        """Drop the message if no group needs it any more."""
-        c.execute("DELETE FROM gf_msg WHERE id=? AND NOT EXISTS (SELECT 1 FROM gf_pending WHERE msg_id=?) AND "
-                  "NOT EXISTS (SELECT 1 FROM gf_group WHERE queue=? AND cursor<?)", (msg_id, msg_id, self.queue, msg_id))
-
     def ack(self, grp: str, msg_id: str, token: int) -> None:
-        def go(c: sqlite3.Connection) -> None:
-            cur = c.execute("DELETE FROM gf_pending WHERE queue=? AND grp=? AND msg_id=? AND state=1 AND token=?",
-                            (self.queue, grp, int(msg_id), token))
-            if cur.rowcount != 1:
-                raise LeaseLost(f"message {msg_id}: its lease ran out and it went to another consumer (or was "
-                                f"dead-lettered): this ack is refused; the other delivery's outcome counts")
-            self._settle(c, grp, int(msg_id))
-        self._write(go)
+        # one DELETE, its own transaction; the gf_settle trigger drops the message once no group needs it
+        cur = self._one("DELETE FROM gf_pending WHERE queue=? AND grp=? AND msg_id=? AND state=1 AND token=?",
+                        (self.queue, grp, int(msg_id), token))
+        if cur.rowcount != 1:
+            raise LeaseLost(f"message {msg_id}: its lease ran out and it went to another consumer (or was "
+                            f"dead-lettered): this ack is refused; the other delivery's outcome counts")
+
+    def ack_many(self, grp: str, items: Sequence[tuple[str, Any]]) -> list[bool]:
+        """Ack several in one transaction; for each, whether its lease still held."""
+        def go(c: sqlite3.Connection) -> list[bool]:
+            return [c.execute("DELETE FROM gf_pending WHERE queue=? AND grp=? AND msg_id=? AND state=1 AND "
+                              "token=?", (self.queue, grp, int(i), t)).rowcount == 1 for i, t in items]
+        return self._write(go)
 
     def nack(self, grp: str, msg_id: str, token: int, due: float, error: str | None, max_attempts: int) -> bool:
         """Back to waiting until `due`; dead when the attempts are spent. True if it went dead."""
@@ -288,8 +308,7 @@ class SQLiteBackend:
             n = 0
             for msg_id in self._dead_ids(c, grp, ids):
                 n += c.execute("DELETE FROM gf_pending WHERE queue=? AND grp=? AND msg_id=? AND state=3",
-                               (self.queue, grp, msg_id)).rowcount
-                self._settle(c, grp, msg_id)
+                               (self.queue, grp, msg_id)).rowcount  # (gf_settle drops the message)
             return n
         return self._write(go)
 
@@ -333,6 +352,17 @@ class SQLiteBackend:
             except sqlite3.Error:
                 pass
         self._local = threading.local()
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script (a trigger's body keeps its own semicolons)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return [s for s in out if s]
 
 
 def _busy(e: sqlite3.OperationalError) -> bool:
