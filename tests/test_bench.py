@@ -59,6 +59,9 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert {"gilfree", "asyncio", "threading"} <= servers
     assert all(r["rps"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in report["io_sockets"])
     assert "io_sockets" in out.stdout
+    assert [r["consumers"] for r in report["durable"]] == [1, 2]
+    assert all(r["msgs_per_s"] > 0 and r["redeliveries"] >= 0 and r["killed"] in (0, 1) for r in report["durable"])
+    assert "durable: gilfree.DurableQueue on SQLite" in out.stdout
     with (tmp_path / "r.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(cells)
@@ -208,6 +211,9 @@ def test_notebook_executes() -> None:
 
     first = next(c for c in nb.cells if c.cell_type == "code" and "def two_threads" in c.source)
     text = "".join(o.get("text", "") for o in first.outputs)
+    durable = next(c for c in nb.cells if c.cell_type == "code" and "DurableQueue" in c.source)
+    dtext = "".join(o.get("text", "") for o in durable.outputs)
+    assert "delivered 2 times" in dtext, dtext  # the killed consumer's job came back, once
     m = re.search(r"2 threads: (\d+\.\d+)x serial, (.*)", text)
     assert m, text
     x = float(m.group(1))

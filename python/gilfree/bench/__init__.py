@@ -88,7 +88,8 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
     """Run the comparison and return its Report.
 
     Args:
-        scenarios: names from ``SCENARIOS`` and ``"messages"``, ``"dispatch"`` (default: all).
+        scenarios: names from ``SCENARIOS`` and ``EXTRA`` (``"messages"``, ``"dispatch"``, ``"io_sockets"``,
+            ``"durable"``) (default: all).
         workers: worker counts (default 1, 2, 4, ... up to the CPUs).
         full: the larger sizes and more repetitions of ``FULL`` (default ``QUICK``).
         repeat: timed repetitions per figure (default the sizes').
@@ -135,7 +136,7 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
         scen = _scenarios.build(the_plan, data_dir, main_scens)
         cells_per_scen = 1 + (len(EXECUTORS) - 1) * len(ws)
         total = (len(main_scens) * (reps + 2) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
-                 + ("io_sockets" in chosen))
+                 + ("io_sockets" in chosen) + ("durable" in chosen))
         done = 0
         noisy: list[str] = []
         executors = _executors.make(ws)
@@ -193,6 +194,10 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
             if "io_sockets" in chosen:
                 _progress(done, total, "io_sockets", progress)
                 report.io_sockets = _scenarios.io_sockets(sz)
+                done += 1
+            if "durable" in chosen:
+                _progress(done, total, "durable", progress)
+                report.durable = _scenarios.durable(sz, ws)
                 done += 1
             _progress(total, total, "done", progress)
         finally:

@@ -76,6 +76,7 @@ class Report:
     dispatch: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     io_sockets: list[dict[str, Any]] = field(default_factory=list)
+    durable: list[dict[str, Any]] = field(default_factory=list)
     others: list[Report] = field(default_factory=list)  # the same run under other interpreters (--python)
 
     def interpreters(self) -> list[str]:
@@ -88,9 +89,11 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "gilfree.bench/3", "machine": self.machine, "cells": [asdict(c) for c in self.all_cells()],
                 "messages": self.messages, "dispatch": self.dispatch, "io_sockets": self.io_sockets,
+                "durable": self.durable,
                 "warnings": self.warnings,
                 "interpreters": [{"label": interpreter_label(r.machine), "machine": r.machine, "cell_count": len(r.cells),
                                   "messages": r.messages, "dispatch": r.dispatch, "io_sockets": r.io_sockets,
+                                  "durable": r.durable,
                                   "warnings": r.warnings}
                                  for r in (self, *self.others)]}
 
@@ -108,12 +111,13 @@ class Report:
                 [[c for c in d["cells"] if c.get("interpreter", label) == label]]
         cells = [Cell(**{**c, "executor": _OLD_IDS.get(c["executor"], c["executor"])}) for c in per[0]]
         dispatch = [{**r, "executor": _OLD_IDS.get(r["executor"], r["executor"])} for r in d["dispatch"]]
-        report = cls(d["machine"], cells, d["messages"], dispatch, d["warnings"], d.get("io_sockets", []))
+        report = cls(d["machine"], cells, d["messages"], dispatch, d["warnings"], d.get("io_sockets", []),
+                     d.get("durable", []))
         for other, cs in zip(interps[1:], per[1:]):  # the --python columns, each a report of its own
             report.others.append(cls.from_dict({
                 "machine": other["machine"], "messages": other.get("messages", []),
                 "dispatch": other.get("dispatch", []), "warnings": other.get("warnings", []),
-                "io_sockets": other.get("io_sockets", []), "cells": cs}))
+                "io_sockets": other.get("io_sockets", []), "durable": other.get("durable", []), "cells": cs}))
         return report
 
     def to_json(self, path: str | None = None) -> str:
@@ -194,6 +198,15 @@ class Report:
                     out.write(f"  {names[row['server']]:30} {row['connections']:5d} {row['rps']:9.0f} "
                               f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['cpu_us_per_req']:10.1f} "
                               f"{row['rss_mib']:8.1f}\n")
+        for r in (self, *self.others):
+            suffix = f" [{interpreter_label(r.machine)}]" if self.others else ""
+            if r.durable:
+                out.write(f"\ndurable{suffix}: gilfree.DurableQueue on SQLite, a producer process and N consumer "
+                          f"processes, one consumer killed (SIGKILL) halfway\n")
+                out.write(f"  {'consumers':>9} {'messages':>9} {'msgs/s':>9} {'redelivered':>11}\n")
+                for row in r.durable:
+                    out.write(f"  {row['consumers']:9d} {row['messages']:9d} {row['msgs_per_s']:9.0f} "
+                              f"{row['redeliveries']:11d}\n")
         lesson = self.lesson()
         if lesson:
             out.write("\nthe lesson of this run:\n")
@@ -309,6 +322,8 @@ JSON_SCHEMA: dict[str, Any] = {
                            "interpreter": {"type": "string", "minLength": 1}}}},
         "messages": {"type": "array"},
         "dispatch": {"type": "array"},
+        "durable": {"type": "array", "items": {
+            "type": "object", "required": ["consumers", "messages", "msgs_per_s", "redeliveries", "killed"]}},
         "io_sockets": {"type": "array", "items": {
             "type": "object", "required": ["server", "connections", "rps", "p50_ms", "p99_ms"]}},
         "warnings": {"type": "array", "items": {"type": "string"}},

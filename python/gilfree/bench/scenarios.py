@@ -21,7 +21,7 @@ from .. import kernels, reference
 from .._pool import ThreadPool
 
 SCENARIOS = ["cpu_python", "cpu_native", "io_sleep", "io_files", "mixed"]
-EXTRA = ["messages", "dispatch", "io_sockets"]  # measured per message / task / request, not per executor
+EXTRA = ["messages", "dispatch", "io_sockets", "durable"]  # per message / task / request, not per executor
 TASKS_PER_WORKER = 8
 # What each scenario measures (the docs' table is generated from this; a run's own descriptions add sizes).
 ABOUT = {
@@ -35,6 +35,8 @@ ABOUT = {
     "dispatch": "the per-task overhead of each executor: a no-op task submitted, then waited for",
     "io_sockets": "TCP echo on loopback: gilfree's select against asyncio (and uvloop where installed) and a "
                   "thread per connection",
+    "durable": "a gilfree.DurableQueue on SQLite: a producer process and N consumer processes, one of them "
+               "killed halfway: messages/s, and the messages redelivered because of the kill",
 }
 MIN_TASKS = 32
 
@@ -98,14 +100,17 @@ class Sizes:
     io_connections: tuple[int, ...] = (100,)
     io_duration_s: float = 0.5
     io_files_s: float = 0.0  # the serial seconds io_files aims at (0: each file read once)
+    durable_messages: int = 5_000
 
 
 QUICK = Sizes(cpu_python_s=0.2, cpu_native_s=0.3, sleep_s=0.002, file_kib=256, messages=20_000, dispatch=2_000,
               repeat=5, io_files_s=0.1)
 FULL = Sizes(cpu_python_s=1.0, cpu_native_s=1.5, sleep_s=0.004, file_kib=2048, messages=200_000,
-             dispatch=20_000, repeat=9, io_connections=(100, 1000), io_duration_s=2.0, io_files_s=0.5)
+             dispatch=20_000, repeat=9, io_connections=(100, 1000), io_duration_s=2.0, io_files_s=0.5,
+             durable_messages=50_000)
 TINY = Sizes(cpu_python_s=0, cpu_native_s=0, sleep_s=0.001, file_kib=8, messages=500, dispatch=100, repeat=2,
-             py_primes=3_000, native_primes=60_000, min_tasks=4, io_connections=(10,), io_duration_s=0.1)  # smoke tests and the notebook's test run
+             py_primes=3_000, native_primes=60_000, min_tasks=4, io_connections=(10,), io_duration_s=0.1,
+             durable_messages=400)  # smoke tests and the notebook's test run
 
 
 def _calibrate(count: Callable[[int, int], int], target_s: float, start: int) -> int:
@@ -322,4 +327,80 @@ def io_sockets(sz: Sizes) -> list[dict[str, Any]]:
             r = echo.run_one(kind, conns, sz.io_duration_s, min(0.5, sz.io_duration_s), 10_000_000,
                              workers=min(4, len(os.sched_getaffinity(0))))
             rows.append({"server": kind, "connections": conns, **r})
+    return rows
+
+
+# ---- durable: a DurableQueue across processes, with a consumer killed ------------------------------------
+
+
+def _durable_producer(path: str, n: int) -> None:
+    from ..queue import DurableQueue
+
+    with DurableQueue(path) as q:
+        for i in range(0, n, 100):
+            q.put_many(range(i, min(n, i + 100)))
+
+
+def _durable_consumer(path: str, deliveries: Any, lease: float) -> None:
+    from ..queue import DurableQueue
+
+    with DurableQueue(path, lease=lease) as q, q.consumer("bench", prefetch=16) as c:
+        for msg in c:
+            with deliveries.get_lock():
+                deliveries.value += 1
+            msg.ack()
+
+
+def durable(sz: Sizes, workers: Sequence[int]) -> list[dict[str, Any]]:
+    """For each consumer count: a producer process puts the messages (batches of 100) while the consumer
+    processes take and ack them; the first consumer is killed (SIGKILL) halfway and a fresh one starts. The
+    rate counts from the first put to the last ack; redeliveries are the deliveries beyond one a message
+    (the killed consumer's unacked messages, after their lease)."""
+    import multiprocessing as mp
+    import signal
+    import tempfile
+
+    from ..queue import DurableQueue
+
+    ctx = mp.get_context("fork")
+    n = sz.durable_messages
+    lease = 0.5
+    rows = []
+    for consumers in workers:
+        with tempfile.TemporaryDirectory(prefix="gilfree-bench-durable-") as d:
+            path = os.path.join(d, "queue.db")
+            q = DurableQueue(path)
+            q.consumer("bench").close()
+            deliveries = ctx.Value("q", 0)
+            procs = [ctx.Process(target=_durable_consumer, args=(path, deliveries, lease)) for _ in range(consumers)]
+            t0 = time.perf_counter()
+            for p in procs:
+                p.start()
+            producer = ctx.Process(target=_durable_producer, args=(path, n))
+            producer.start()
+            killed = False
+            try:
+                while True:
+                    st = q.stats("bench")
+                    left = st["ready"] + st["leased"] + st["delayed"]
+                    if producer.exitcode is not None and left == 0:
+                        break
+                    if not killed and deliveries.value >= n // 2:
+                        os.kill(procs[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+                        procs[0].join()
+                        procs[0] = ctx.Process(target=_durable_consumer, args=(path, deliveries, lease))
+                        procs[0].start()
+                        killed = True
+                    if time.perf_counter() - t0 > 300:
+                        raise RuntimeError("the durable scenario did not finish in 300 s")
+                    time.sleep(0.002)
+                dt = time.perf_counter() - t0
+            finally:
+                for p in procs:
+                    p.kill()
+                    p.join()
+                producer.join()
+                q.close()
+            rows.append({"consumers": consumers, "messages": n, "seconds": dt, "msgs_per_s": n / dt,
+                         "redeliveries": max(0, deliveries.value - n), "killed": int(killed)})
     return rows
