@@ -1,7 +1,8 @@
 """gilfree.DurableQueue against the embedded queues Python users reach for, and against raw Redis, in one run.
 
 SQLite (each on its own file in a temporary directory, at its default durability; gilfree's is WAL with
-synchronous=NORMAL):
+synchronous=NORMAL), beside a bare sqlite3 INSERT in its own transaction (WAL, NORMAL): the floor of any
+durable single put:
   put        one message at a time, one producer: messages/s
   put_many   batches of 1,000 (gilfree only: the others have no batch put): messages/s
   get+ack    one consumer takes and acknowledges every message, one at a time: messages/s (gilfree also
@@ -77,6 +78,26 @@ def gilfree_get_ack(n: int, prefetch: int = 1) -> Callable[[str], float]:
             for _ in range(n):
                 c.get(timeout=10).ack()
             return n / (time.perf_counter() - t0)
+    return run
+
+
+def sqlite_floor(n: int) -> Callable[[str], float]:
+    """A bare sqlite3 INSERT in its own transaction, WAL mode, synchronous=NORMAL: what any durable put
+    on SQLite costs at least."""
+    import sqlite3
+
+    def run(d: str) -> float:
+        c = sqlite3.connect(os.path.join(d, "floor.db"), isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("PRAGMA synchronous=NORMAL")
+        c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB)")
+        body = b"\x80\x05K\x01."
+        t0 = time.perf_counter()
+        for _ in range(n):
+            c.execute("INSERT INTO t(body) VALUES(?)", (body,))
+        dt = time.perf_counter() - t0
+        c.close()
+        return n / dt
     return run
 
 
@@ -235,6 +256,7 @@ def main() -> int:
 
     print(f"bench_durable: {n} messages, median of {rep} (min–max); Python {sys.version.split()[0]}, "
           f"SQLite {__import__('sqlite3').sqlite_version}, {os.cpu_count()} CPUs")
+    row("bare sqlite3 INSERT, WAL, NORMAL (floor)", lambda: sqlite_floor(n))
     row("gilfree SQLite put", lambda: gilfree_put(n))
     row("gilfree SQLite put_many (1,000 a batch)", lambda: gilfree_put_many(max(n, 20_000)))
     row("gilfree SQLite get+ack", lambda: gilfree_get_ack(n))
@@ -257,7 +279,8 @@ def main() -> int:
     def ratio(a: str, b: str) -> float | None:
         return rows[a]["median"] / rows[b]["median"] if a in rows and b in rows else None
 
-    ratios = {"put vs persist-queue": ratio("gilfree SQLite put", "persist-queue SQLiteAckQueue put"),
+    ratios = {"put vs the bare INSERT": ratio("gilfree SQLite put", "bare sqlite3 INSERT, WAL, NORMAL (floor)"),
+              "put vs persist-queue": ratio("gilfree SQLite put", "persist-queue SQLiteAckQueue put"),
               "get+ack vs persist-queue": ratio("gilfree SQLite get+ack", "persist-queue SQLiteAckQueue get+ack"),
               "get+ack prefetch=32 vs persist-queue": ratio("gilfree SQLite get+ack, prefetch=32",
                                                             "persist-queue SQLiteAckQueue get+ack"),
