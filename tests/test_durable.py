@@ -500,3 +500,24 @@ def test_redis_restarted_mid_run_loses_no_acknowledged_put(redis_server: Any, tm
         q.close()
     finally:
         server.stop()
+
+
+def test_a_refused_file_leaves_no_connection_open(tmp_path: Path) -> None:
+    import gc
+    import warnings
+
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database" * 100)
+    seen: list[Any] = []
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(u.exc_value)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            for _ in range(3):
+                with pytest.raises(ValueError):
+                    DurableQueue(str(corrupt))
+            gc.collect()  # an unclosed sqlite3 connection warns as it is collected
+    finally:
+        sys.unraisablehook = old
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)] and not seen, (caught, seen)

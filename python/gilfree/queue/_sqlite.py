@@ -64,7 +64,11 @@ class SQLiteBackend:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._write(self._setup)
+        try:
+            self._write(self._setup)
+        except BaseException:
+            self.close()
+            raise
 
     # ---- connections: one per thread (and per process: a forked child opens its own) ----------------
 
@@ -79,9 +83,13 @@ class SQLiteBackend:
             self._pid = os.getpid()
         try:
             c = sqlite3.connect(self.path, timeout=BUSY_SLICE, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"url: {self.path!r} cannot be opened as an SQLite database ({e})") from None
+        try:
             c.execute("PRAGMA journal_mode=WAL")
             c.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
         except sqlite3.DatabaseError as e:
+            c.close()
             raise ValueError(f"url: {self.path!r} is not a usable SQLite database ({e})") from None
         self._local.conn = c
         with self._lock:
