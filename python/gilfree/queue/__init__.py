@@ -334,6 +334,7 @@ class Consumer(Generic[T]):
         self._buffer: collections.deque[tuple[float, Message[T]]] = collections.deque()  # (taken at, msg)
         self._buffer_lock = threading.Lock()
         self._closed = threading.Event()
+        self._hot = False  # the last take found messages
         self._held: dict[str, Message[T]] = {}
         self._held_lock = threading.Lock()
         self._feeder: threading.Thread | None = None
@@ -349,9 +350,12 @@ class Consumer(Generic[T]):
         while True:
             if self._closed.is_set():
                 raise ChannelClosed("the consumer is closed")
-            hint = b.wait_hint(self.group)
+            # After a take that found messages, take again at once (more are likely: one round trip);
+            # otherwise look first (a read, no write lock) and take only when something is due.
+            hint = 0.0 if self._hot else b.wait_hint(self.group)
             if hint is not None and hint <= time.time():
                 got = b.take(self.group, self.name, n, q.lease, q.max_attempts)
+                self._hot = bool(got)
                 if got:
                     msgs = [Message(self, t) for t in got]
                     with self._held_lock:
