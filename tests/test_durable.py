@@ -521,3 +521,18 @@ def test_a_refused_file_leaves_no_connection_open(tmp_path: Path) -> None:
     finally:
         sys.unraisablehook = old
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)] and not seen, (caught, seen)
+
+
+def test_a_child_forked_while_a_waker_is_held_can_still_put(durable_url: str) -> None:
+    import multiprocessing as mp
+
+    with DurableQueue(durable_url) as q:
+        with q._wake:  # held by this thread at the fork
+            p = mp.get_context("fork").Process(target=q.put, args=("from the child",))
+            p.start()
+        p.join(30)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+        assert p.exitcode == 0
+        assert drain(q) == ["from the child"]

@@ -125,6 +125,17 @@ def _waker(key: tuple[str, str, str]) -> threading.Condition:
         return cond
 
 
+def _after_fork_in_child() -> None:
+    """A parent's thread may have held a waker's lock at the fork: the child starts with fresh ones."""
+    global _wakers_lock
+    _wakers.clear()
+    _wakers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class DurableQueue:
     """A durable queue of messages, shared by producers and consumer groups in any number of processes.
 
@@ -170,9 +181,17 @@ class DurableQueue:
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
         self.url = os.fspath(url) if isinstance(url, os.PathLike) else url
         self._b = _open(url, self.name, sync)
-        self._wake = _waker((self._b.kind, os.path.abspath(self._b.path) if self._b.kind == "sqlite" else
-                             str(self.url), self.name))
+        self._wake_key = (self._b.kind, os.path.abspath(self._b.path) if self._b.kind == "sqlite" else
+                          str(self.url), self.name)
+        self._wake_cond, self._wake_pid = _waker(self._wake_key), os.getpid()
         self._consumers: weakref.WeakSet[Consumer[Any]] = weakref.WeakSet()
+
+    @property
+    def _wake(self) -> threading.Condition:
+        """This process's waker for the queue (a forked child makes its own)."""
+        if self._wake_pid != os.getpid():
+            self._wake_cond, self._wake_pid = _waker(self._wake_key), os.getpid()
+        return self._wake_cond
 
     def __repr__(self) -> str:
         return f"<gilfree.DurableQueue {self.url!r} name={self.name!r}>"
