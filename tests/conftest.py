@@ -20,6 +20,13 @@ def scaled(n: int, minimum: int = 100) -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "nosanitizer: skipped under the sanitizer builds (timing or RSS)")
+    import signal
+
+    # A shell starts background jobs (`cmd &`) with SIGINT ignored, and exec'd children inherit that: the
+    # Ctrl-C tests' child interpreters would then never see their SIGINT. Handle it here, so that the
+    # children start with the default disposition and Python's KeyboardInterrupt handler.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Background:
