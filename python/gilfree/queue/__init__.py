@@ -527,7 +527,6 @@ class Consumer(Generic[T]):
         slots = threading.Semaphore(width)
         lock = threading.Lock()
         count = [0]
-        all_done = threading.Event()
         taken = 0
 
         def settle(msg: Message[T], f: cf.Future[Any]) -> None:
@@ -540,11 +539,9 @@ class Consumer(Generic[T]):
             except LeaseLost:
                 pass
             finally:
-                slots.release()
-                with lock:
+                with lock:  # counted before the slot is free: serve() reads the count once it has every slot
                     count[0] += 1
-                    if limit is not None and count[0] >= limit:
-                        all_done.set()
+                slots.release()
 
         while limit is None or taken < limit:
             acquired = False
