@@ -48,13 +48,9 @@ local function id_lt(a, b)
 end
 """
 
-# KEYS: stream, wait, lease, tok, att, err, dead, body. ARGV: group, consumer, n, lease_ms, max_attempts, token base
-_TAKE = _LIB + r"""
-local S, W, L, T, A, E, D, B = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local grp, consumer = ARGV[1], ARGV[2]
-local n, lease, maxatt, tokbase = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local now = now_ms()
-local out, seq = {}, 0
+# A message's fields (its value from the body hash when a requeue put it there), and moving it to the dead
+# letters; for scripts that have S, W, L, T, A, E, D, B, grp and now as locals.
+_DEAD = r"""
 local function fields(id)
   local f = {}
   local r = redis.call('XRANGE', S, id, id)
@@ -78,6 +74,16 @@ local function die(id, why)
   redis.call('HDEL', B, id)
   redis.call('XACK', S, grp, id)
 end
+"""
+
+# KEYS: stream, wait, lease, tok, att, err, dead, body. ARGV: group, consumer, n, lease_ms, max_attempts, token base
+_TAKE = _LIB + r"""
+local S, W, L, T, A, E, D, B = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local grp, consumer = ARGV[1], ARGV[2]
+local n, lease, maxatt, tokbase = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local now = now_ms()
+local out, seq = {}, 0
+""" + _DEAD + r"""
 local function lease_it(id, f)
   local att = redis.call('HINCRBY', A, id, 1)
   seq = seq + 1
@@ -146,22 +152,9 @@ local att = tonumber(redis.call('HGET', A, id) or '0')
 redis.call('HDEL', T, id)
 redis.call('ZREM', L, id)
 if ARGV[5] ~= '' then redis.call('HSET', E, id, ARGV[5]) end
+""" + _DEAD + r"""
 if att >= tonumber(ARGV[6]) then
-  local f = {}
-  local r = redis.call('XRANGE', S, id, id)
-  if r[1] then
-    local kv = r[1][2]
-    for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
-  end
-  local b = redis.call('HGET', B, id)
-  if b then f['b'] = b end
-  redis.call('XADD', D, '*', 'id', id, 'b', f['b'] or '', 'k', f['k'] or '', 'hk', f['hk'] or '0', 'a', tostring(att),
-             'e', ARGV[5], 't', tostring(now))
-  redis.call('ZREM', W, id)
-  redis.call('HDEL', A, id)
-  redis.call('HDEL', E, id)
-  redis.call('HDEL', B, id)
-  redis.call('XACK', S, grp, id)
+  die(id, ARGV[5])
   return 1
 end
 redis.call('ZADD', W, now + tonumber(ARGV[4]), id)
