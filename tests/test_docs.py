@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import gilfree
-from gilfree import kernels, rx
+from gilfree import gpu, kernels, rx
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.nosanitizer
@@ -52,6 +52,7 @@ def test_every_public_name_has_an_entry(built: Path) -> None:
     expected |= {f"gilfree.Channel.{m}" for m in ("send", "recv", "send_nowait", "recv_nowait", "send_many",
                                                   "recv_many", "close", "send_async", "recv_async")}
     expected |= {f"gilfree.ThreadPool.{m}" for m in ("submit", "map", "shutdown", "stats")}
+    expected |= {f"gilfree.gpu.{n}" for n in gpu.__all__}
     expected |= {"gilfree.Pipeline.map", "gilfree.Context.with_cancel", "gilfree.Future.then",
                  "gilfree.bench.run", "gilfree.Actor.receive", "gilfree.Ticker.stop"}
     missing = sorted(expected - names)
@@ -71,8 +72,11 @@ def test_every_public_name_appears_in_an_example() -> None:
     for n in gilfree.__all__:
         doc = inspect.getdoc(getattr(gilfree, n)) or ""
         lines += [ln.strip() for ln in doc.splitlines() if ln.strip().startswith((">>>", "..."))]
+    for n in gpu.__all__:
+        doc = inspect.getdoc(getattr(gpu, n)) or ""
+        lines += [ln.strip() for ln in doc.splitlines() if ln.strip().startswith((">>>", "..."))]
     text = "\n".join(lines)
     names = [*gilfree.__all__, "count_primes", "mandelbrot", "monte_carlo_pi", "sum_squares", "sleep",
-             "read_files", *getattr(rx, "__all__", ["Observable"])]
+             "read_files", *getattr(rx, "__all__", ["Observable"]), *gpu.__all__]
     missing = [n for n in names if not re.search(rf"\b{re.escape(n)}\b", text)]
     assert not missing, f"in no example: {missing}"

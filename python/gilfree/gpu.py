@@ -55,7 +55,7 @@ class Availability:
 
 
 def available() -> Availability:
-    """Whether a CUDA device and CuPy are present, and why not when they are not::
+    """Whether a CUDA device and CuPy are present, and why not when they are not:
 
         >>> from gilfree import gpu
         >>> a = gpu.available()
@@ -87,7 +87,7 @@ def available() -> Availability:
 
 def array_module(x: Any) -> Any:
     """The array module of ``x``: ``cupy`` for a device array, ``numpy`` otherwise. A kernel written with
-    ``xp = gpu.array_module(x)`` runs on both backends::
+    ``xp = gpu.array_module(x)`` runs on both backends:
 
         >>> import numpy as np
         >>> from gilfree import gpu
@@ -350,7 +350,7 @@ def stream_map(kernel: Callable[[Any], Any], chunks: Iterable[Any], *, streams: 
     :class:`Span` per chunk and phase.
 
     ``backend``: ``"cupy"``, ``"cpu"`` (NumPy, a thread per stream standing in for a CUDA stream), or
-    ``None``: the GPU where :func:`available`, else the CPU::
+    ``None``: the GPU where :func:`available`, else the CPU:
 
         >>> import numpy as np
         >>> from gilfree import gpu
