@@ -179,6 +179,43 @@ for value, attempt in seen:
 print(f"all 3 handled within {time.monotonic() - t0:.1f} s: {taken!r} came back once its 1 s lease ran out")
 print(q.stats("workers"))
 q.close()"""),
+    md("""## 6. Streaming through a GPU: SIMT and latency hiding
+
+The notes' streaming model: a GPU runs threads in warps of 32 that share one instruction pointer, and hides
+memory latency by switching to other warps while data is on its way ("他の処理をすることでデータ待ちする").
+A program hides the latency of the copies over PCIe the same way, by overlapping them with compute on several
+CUDA streams. `gpu.stream_map` does that: staging slots from a bounded channel (backpressure), results in input
+order through a channel of channels. Below: the same chunks on 1 and 4 streams, here — on the GPU where there
+is one, otherwise on the CPU backend (a thread per stream) — and the figures recorded on an H200."""),
+    code("""import json
+from IPython.display import Image, display
+from gilfree import gpu
+from gilfree.bench import gpu_lab
+
+avail = gpu.available()
+print(f"GPU: {avail.device}" if avail else f"no GPU here ({avail.reason}): the CPU backend, same pipeline")
+ov = gpu_lab.overlap(backend="cupy" if avail else "cpu", chunks=8 if TINY else 32, chunk_mib=1 if TINY else 4,
+                     passes=4 if TINY else 20, streams_list=[1, 4], repeat=3)
+for r in ov["rows"]:
+    w = r["wall_s"]
+    print(f"  {r['streams']} stream{'s' if r['streams'] > 1 else ' '}: {w['median'] * 1e3:6.1f} ms "
+          f"({w['min'] * 1e3:.1f}-{w['max'] * 1e3:.1f}), {r['speedup_vs_1']:.2f}x 1 stream")
+
+recorded = os.path.join(os.pardir, "docs", "bench_gpu.json")
+if os.path.exists(recorded):
+    with open(recorded) as f:
+        rec = json.load(f)
+    print(f"\\nrecorded on {rec['device']}, {rec['date']}:")
+    for key in ("overlap_compute", "overlap"):
+        rows = rec[key]["rows"]
+        print(f"  {key}: " + ", ".join(f"{r['streams']} streams {r['wall_s']['median'] * 1e3:.0f} ms" for r in rows)
+              + f"; bound {rows[-1]['bound_s'] * 1e3:.0f} ms")
+    m = rec["mandelbrot"]
+    print(f"  Mandelbrot {m['size']}x{m['size']}: GPU {m['gpu_with_copy_s']['median'] * 1e3:.2f} ms with the copy, "
+          f"{m['cpu_workers']} CPUs {m['cpu_s']['median'] * 1e3:.0f} ms: {m['speedup_with_copy']:.0f}x")
+    last = rec["divergence"]["rows"][-1]
+    print(f"  divergence: {last['paths']} paths by lane cost {last['cost']:.1f}x the same paths by warp")
+    display(Image(filename=os.path.join(os.pardir, "docs", "bench_gpu.png")))"""),
 ]
 
 

@@ -214,6 +214,11 @@ def test_notebook_executes() -> None:
     durable = next(c for c in nb.cells if c.cell_type == "code" and "DurableQueue" in c.source)
     dtext = "".join(o.get("text", "") for o in durable.outputs)
     assert "delivered 2 times" in dtext, dtext  # the killed consumer's job came back, once
+    gpu_cell = next(c for c in nb.cells if c.cell_type == "code" and "gpu.available()" in c.source)
+    gtext = "".join(o.get("text", "") for o in gpu_cell.outputs)
+    assert re.search(r"^(GPU: |no GPU here \()", gtext), gtext  # says which, or why not
+    assert re.search(r"4 streams: +\d+\.\d ms", gtext) and "recorded on NVIDIA" in gtext, gtext
+    assert any("image/png" in o.get("data", {}) for o in gpu_cell.outputs)
     m = re.search(r"2 threads: (\d+\.\d+)x serial, (.*)", text)
     assert m, text
     x = float(m.group(1))
