@@ -443,3 +443,21 @@ def test_the_readme_describes_the_scenarios_the_code_runs() -> None:
     assert set(scenarios.ABOUT) == set(scenarios.SCENARIOS + scenarios.EXTRA)
     for name, about in scenarios.ABOUT.items():
         assert f"| `{name}` | {about} |" in readme, name
+
+
+def test_the_gpu_scenario_runs_where_a_gpu_is_and_says_why_not_elsewhere() -> None:
+    from gilfree import gpu
+
+    avail = gpu.available()
+    report = bench.run(["gpu"], [1], sizes=bench.TINY, progress=False)
+    d = json.loads(report.to_json())
+    assert d["gpu"]["available"] is bool(avail)
+    table = report.table()
+    if avail:
+        assert d["gpu"]["device"] == avail.device and f"gpu: {avail.device}" in table
+        rows = {r["streams"]: r for r in d["gpu"]["overlap"]["rows"]}
+        assert set(rows) == {1, 4} and all(r["wall_s"]["median"] > 0 for r in rows.values())
+        assert d["gpu"]["mandelbrot"]["same_counts"] == 1.0  # the GPU's image is the CPU's
+        assert "4 streams" in table and "Mandelbrot" in table
+    else:
+        assert d["gpu"]["reason"] == avail.reason and f"gpu: not run: {avail.reason}" in table

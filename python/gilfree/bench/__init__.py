@@ -89,7 +89,7 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
 
     Args:
         scenarios: names from ``SCENARIOS`` and ``EXTRA`` (``"messages"``, ``"dispatch"``, ``"io_sockets"``,
-            ``"durable"``) (default: all).
+            ``"durable"``, ``"gpu"``) (default: all; ``gpu`` runs only where a GPU is available).
         workers: worker counts (default 1, 2, 4, ... up to the CPUs).
         full: the larger sizes and more repetitions of ``FULL`` (default ``QUICK``).
         repeat: timed repetitions per figure (default the sizes').
@@ -136,7 +136,7 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
         scen = _scenarios.build(the_plan, data_dir, main_scens)
         cells_per_scen = 1 + (len(EXECUTORS) - 1) * len(ws)
         total = (len(main_scens) * (reps + 2) + ("messages" in chosen) + ("dispatch" in chosen) * len(ws)
-                 + ("io_sockets" in chosen) + ("durable" in chosen))
+                 + ("io_sockets" in chosen) + ("durable" in chosen) + ("gpu" in chosen))
         done = 0
         noisy: list[str] = []
         executors = _executors.make(ws)
@@ -198,6 +198,10 @@ def run(scenarios: Sequence[str] | None = None, workers: Sequence[int] | None = 
             if "durable" in chosen:
                 _progress(done, total, "durable", progress)
                 report.durable = _scenarios.durable(sz, ws)
+                done += 1
+            if "gpu" in chosen:
+                _progress(done, total, "gpu", progress)
+                report.gpu = _scenarios.gpu(sz, reps)
                 done += 1
             _progress(total, total, "done", progress)
         finally:

@@ -77,6 +77,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     io_sockets: list[dict[str, Any]] = field(default_factory=list)
     durable: list[dict[str, Any]] = field(default_factory=list)
+    gpu: dict[str, Any] = field(default_factory=dict)
     others: list[Report] = field(default_factory=list)  # the same run under other interpreters (--python)
 
     def interpreters(self) -> list[str]:
@@ -89,7 +90,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "gilfree.bench/3", "machine": self.machine, "cells": [asdict(c) for c in self.all_cells()],
                 "messages": self.messages, "dispatch": self.dispatch, "io_sockets": self.io_sockets,
-                "durable": self.durable,
+                "durable": self.durable, "gpu": self.gpu,
                 "warnings": self.warnings,
                 "interpreters": [{"label": interpreter_label(r.machine), "machine": r.machine, "cell_count": len(r.cells),
                                   "messages": r.messages, "dispatch": r.dispatch, "io_sockets": r.io_sockets,
@@ -112,7 +113,7 @@ class Report:
         cells = [Cell(**{**c, "executor": _OLD_IDS.get(c["executor"], c["executor"])}) for c in per[0]]
         dispatch = [{**r, "executor": _OLD_IDS.get(r["executor"], r["executor"])} for r in d["dispatch"]]
         report = cls(d["machine"], cells, d["messages"], dispatch, d["warnings"], d.get("io_sockets", []),
-                     d.get("durable", []))
+                     d.get("durable", []), d.get("gpu", {}))
         for other, cs in zip(interps[1:], per[1:]):  # the --python columns, each a report of its own
             report.others.append(cls.from_dict({
                 "machine": other["machine"], "messages": other.get("messages", []),
@@ -207,6 +208,8 @@ class Report:
                 for row in r.durable:
                     out.write(f"  {row['consumers']:9d} {row['messages']:9d} {row['msgs_per_s']:9.0f} "
                               f"{row['redeliveries']:11d}\n")
+        if self.gpu:
+            out.write("\n" + "\n".join(gpu_lines(self.gpu)) + "\n")
         lesson = self.lesson()
         if lesson:
             out.write("\nthe lesson of this run:\n")
@@ -322,6 +325,9 @@ JSON_SCHEMA: dict[str, Any] = {
                            "interpreter": {"type": "string", "minLength": 1}}}},
         "messages": {"type": "array"},
         "dispatch": {"type": "array"},
+        "gpu": {"type": "object", "properties": {"available": {"type": "boolean"}},
+                "if": {"required": ["available"], "properties": {"available": {"const": True}}},
+                "then": {"required": ["device", "overlap", "mandelbrot"]}},
         "durable": {"type": "array", "items": {
             "type": "object", "required": ["consumers", "messages", "msgs_per_s", "redeliveries", "killed"]}},
         "io_sockets": {"type": "array", "items": {
@@ -331,6 +337,22 @@ JSON_SCHEMA: dict[str, Any] = {
             "type": "object", "required": ["label", "machine"]}},
     },
 }
+
+
+def gpu_lines(g: dict[str, Any]) -> list[str]:
+    """The ``gpu`` scenario's lines of the table."""
+    if not g.get("available"):
+        return [f"gpu: not run: {g.get('reason', 'no GPU')}"]
+    ov, m = g["overlap"], g["mandelbrot"]
+    rows = {r["streams"]: r for r in ov["rows"]}
+    one, four = rows[1]["wall_s"]["median"], rows[4]["wall_s"]["median"]
+    return [f"gpu: {g['device']}",
+            f"  stream_map, {ov['chunks']} chunks of {ov['chunk_bytes'] / 2**20:g} MiB: 1 stream {one * 1e3:.1f} ms, "
+            f"4 streams {four * 1e3:.1f} ms ({one / four:.2f}x); the bound (the largest phase) "
+            f"{rows[4]['bound_s'] * 1e3:.1f} ms, reached at {rows[4]['vs_bound'] * 100:.0f}%",
+            f"  Mandelbrot {m['size']}x{m['size']}: GPU {m['gpu_with_copy_s']['median'] * 1e3:.2f} ms with the copy "
+            f"back, native kernels on {m['cpu_workers']} CPUs {m['cpu_s']['median'] * 1e3:.1f} ms: "
+            f"{m['speedup_with_copy']:.0f}x"]
 
 
 def machine_info() -> dict[str, Any]:

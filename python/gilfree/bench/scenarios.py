@@ -21,7 +21,7 @@ from .. import kernels, reference
 from .._pool import ThreadPool
 
 SCENARIOS = ["cpu_python", "cpu_native", "io_sleep", "io_files", "mixed"]
-EXTRA = ["messages", "dispatch", "io_sockets", "durable"]  # per message / task / request, not per executor
+EXTRA = ["messages", "dispatch", "io_sockets", "durable", "gpu"]  # per message / task / request, not per executor
 TASKS_PER_WORKER = 8
 # What each scenario measures (the docs' table is generated from this; a run's own descriptions add sizes).
 ABOUT = {
@@ -35,6 +35,8 @@ ABOUT = {
     "dispatch": "the per-task overhead of each executor: a no-op task submitted, then waited for",
     "io_sockets": "TCP echo on loopback: gilfree's select against asyncio (and uvloop where installed) and a "
                   "thread per connection",
+    "gpu": "where a GPU and CuPy are present: gilfree.gpu.stream_map on 1 and 4 CUDA streams (copies hidden "
+           "behind compute), and Mandelbrot on the GPU against the native kernel on every core",
     "durable": "a gilfree.DurableQueue on SQLite: a producer process and N consumer processes, one of them "
                "killed halfway: messages/s, and the messages redelivered because of the kill",
 }
@@ -101,16 +103,17 @@ class Sizes:
     io_duration_s: float = 0.5
     io_files_s: float = 0.0  # the serial seconds io_files aims at (0: each file read once)
     durable_messages: int = 5_000
+    gpu_size: int = 1024  # Mandelbrot's width and height on the GPU (and on the CPU beside it)
 
 
 QUICK = Sizes(cpu_python_s=0.2, cpu_native_s=0.3, sleep_s=0.002, file_kib=256, messages=20_000, dispatch=2_000,
               repeat=5, io_files_s=0.1)
 FULL = Sizes(cpu_python_s=1.0, cpu_native_s=1.5, sleep_s=0.004, file_kib=2048, messages=200_000,
              dispatch=20_000, repeat=9, io_connections=(100, 1000), io_duration_s=2.0, io_files_s=0.5,
-             durable_messages=50_000)
+             durable_messages=50_000, gpu_size=4096)
 TINY = Sizes(cpu_python_s=0, cpu_native_s=0, sleep_s=0.001, file_kib=8, messages=500, dispatch=100, repeat=2,
              py_primes=3_000, native_primes=60_000, min_tasks=4, io_connections=(10,), io_duration_s=0.1,
-             durable_messages=400)  # smoke tests and the notebook's test run
+             durable_messages=400, gpu_size=256)  # smoke tests and the notebook's test run
 
 
 def _calibrate(count: Callable[[int, int], int], target_s: float, start: int) -> int:
@@ -404,3 +407,23 @@ def durable(sz: Sizes, workers: Sequence[int]) -> list[dict[str, Any]]:
             rows.append({"consumers": consumers, "messages": n, "seconds": dt, "msgs_per_s": n / dt,
                          "redeliveries": max(0, deliveries.value - n), "killed": int(killed)})
     return rows
+
+
+def gpu(sz: Sizes, repeat: int) -> dict[str, Any]:
+    """Where a GPU is available: 16 chunks of 4 MiB through ``stream_map`` on 1 and 4 streams, the kernel
+    about 5 times a chunk's copy in (so the copies can hide behind it), and Mandelbrot on the GPU (copy back
+    counted) against ``kernels.mandelbrot`` on every core. Otherwise says why not."""
+    from .. import gpu as _gpu
+
+    a = _gpu.available()
+    if not a:
+        return {"available": False, "reason": a.reason}
+    from . import gpu_lab
+
+    h2d = gpu_lab.copy_bandwidths(repeat=3, mib=64)["h2d_gbs"]["median"] * 1e9
+    passes = gpu_lab.calibrate_passes(4, 5 * 4 * 2**20 / h2d)
+    ov = gpu_lab.overlap(backend="cupy", chunks=16, chunk_mib=4, passes=passes, streams_list=[1, 4],
+                         repeat=max(3, repeat))
+    ov.pop("timelines")
+    m = gpu_lab.mandelbrot(size=sz.gpu_size, max_iter=1000, repeat=max(3, repeat))
+    return {"available": True, "device": a.device, "overlap": ov, "mandelbrot": m}
