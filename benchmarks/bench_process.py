@@ -4,7 +4,12 @@ Scenarios (processes started with fork; medians of --repeat runs with min-max):
   small        one producer and one consumer process, N messages (an int; a 100-byte bytes): messages/s
   small 4x4    four producers and four consumers, the same
   1 MiB        one producer and one consumer, 1 MiB bytes messages: GB/s, against memcpy in this process
+  batch        one producer and one consumer, 10N small ints in batches of 64 (send_many / recv_many;
+               faster-fifo's put_many / get_many): messages/s, against single sends and receives
   ping-pong    a round trip between two processes: us
+  bounds       what one small message costs, in parts: pickling it (what send/recv did before they encoded
+               small values themselves), the Python call, a send + recv with no peer (the ring and the lock),
+               and the wake-up (half a ping-pong round trip)
   pool         gilfree.ProcessPool against concurrent.futures.ProcessPoolExecutor (2 workers, fork), a no-op
                task: submit N then wait for all (us per task), one at a time (submit, wait: us per round
                trip), and map over N items (chunksize 1, and 64): us per item
@@ -140,6 +145,100 @@ def stream(cls: type[Transport], n: int, value: Any, pairs: int, capacity: int =
     dt = time.perf_counter() - t0
     t.done()
     return dt
+
+
+def _batch_producer(t: Any, n: int, value: Any, batch: int) -> None:
+    vals = [value] * batch
+    for _ in range(n // batch):
+        t.put_many(vals)
+
+
+def _batch_consumer(t: Any, n: int, ready: Any, batch: int) -> None:
+    ready.set()
+    got = 0
+    while got < n:
+        got += len(t.get_many(batch))
+
+
+class GFBatch:
+    name = "gilfree.ProcessChannel send_many/recv_many"
+
+    def __init__(self, capacity: int) -> None:
+        self.ch: gilfree.ProcessChannel[Any] = gilfree.ProcessChannel(capacity)
+
+    def put_many(self, vals: list[Any]) -> None:
+        self.ch.send_many(vals)
+
+    def get_many(self, k: int) -> list[Any]:
+        return self.ch.recv_many(k)
+
+    def done(self) -> None:
+        self.ch.release()
+
+
+class FFBatch:
+    name = "faster_fifo.Queue put_many/get_many"
+
+    def __init__(self, capacity: int) -> None:
+        import faster_fifo
+
+        self.q: Any = faster_fifo.Queue(max_size_bytes=8 << 20)
+
+    def put_many(self, vals: list[Any]) -> None:
+        self.q.put_many(vals)
+
+    def get_many(self, k: int) -> list[Any]:
+        return self.q.get_many(max_messages_to_get=k)  # type: ignore[no-any-return]
+
+    def done(self) -> None:
+        pass
+
+
+def batch_stream(cls: Any, n: int, value: Any, batch: int = 64, capacity: int = 1024) -> float:
+    """Seconds to move n messages (a multiple of batch) in batches."""
+    assert n % batch == 0
+    t = cls(capacity)
+    ready = CTX.Event()
+    c = CTX.Process(target=_batch_consumer, args=(t, n, ready, batch))
+    c.start()
+    ready.wait()
+    p = CTX.Process(target=_batch_producer, args=(t, n, value, batch))
+    t0 = time.perf_counter()
+    p.start()
+    p.join()
+    c.join()
+    dt = time.perf_counter() - t0
+    t.done()
+    return dt
+
+
+def per_op_ns(fn: Callable[[], object], n: int = 200_000) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e9
+
+
+def bounds() -> dict[str, float]:
+    """One small message's cost in parts, each measured in this process (no peer)."""
+    import pickle
+
+    ch: gilfree.ProcessChannel[int] = gilfree.ProcessChannel(1024)
+    h = ch._h
+    v = 12345
+    data = pickle.dumps(v, protocol=5)
+    out = {
+        "pickle.dumps + pickle.loads": per_op_ns(lambda: pickle.loads(pickle.dumps(v, protocol=5))),
+        "send_bytes + recv_bytes (the ring, the lock)": per_op_ns(lambda: (h.send_bytes(data), h.recv_bytes())),
+        "send_obj + recv_obj (the same, encoded in C)": per_op_ns(lambda: (h.send_obj(v), h.recv_obj())),
+        "ch.send + ch.recv (the Python methods)": per_op_ns(lambda: (ch.send(v), ch.recv())),
+        "send_many + recv_many of 64, per value": per_op_ns(lambda: (ch.send_many(range(64)), ch.recv_many(64)),
+                                                             5_000) / 64,
+    }
+    out["the Python call (methods minus C)"] = (out["ch.send + ch.recv (the Python methods)"]
+                                               - out["send_obj + recv_obj (the same, encoded in C)"])
+    ch.release()
+    return out
 
 
 def _pong(a: Any, b: Any, n: int) -> None:
@@ -288,6 +387,12 @@ def channel_scenarios(args: Any, n: int, reps: int, row: Callable[..., None], ge
         row("1 MiB", cls.name, med(lambda cls=cls: args.big * len(big) / stream(cls, args.big, big, 1, 16) / 1e9, reps),
             "GB/s")
     row("1 MiB", "memcpy in one process", med(memcpy_gbps, reps), "GB/s")
+    print("\nbatches of 64 small ints, one producer and one consumer (10x the messages: batches are quick, and a "
+          "process start is counted in every run): messages/s")
+    batchers: list[Any] = [GFBatch] + ([FFBatch] if FasterFifo in transports() else [])
+    for b in batchers:
+        nb = 10 * n - 10 * n % 64
+        row("batch 64", b.name, med(lambda b=b, nb=nb: nb / batch_stream(b, nb, 12345), reps), "msg/s")
     print("\nping-pong round trip: us")
     row("ping-pong", "gilfree.ProcessChannel pair", med(lambda: ping_pong_gf(20_000) * 1e6, reps), "us")
     row("ping-pong", "multiprocessing.Pipe", med(lambda: ping_pong_pipe(20_000) * 1e6, reps), "us")
@@ -299,9 +404,23 @@ def channel_scenarios(args: Any, n: int, reps: int, row: Callable[..., None], ge
             if FasterFifo in transports():
                 line += f", {get(s, GF.name) / get(s, FasterFifo.name):.2f}x faster_fifo"
             print(line)
+    single = get("small an int 1x1", GF.name)
+    line = f"  batch 64: {get('batch 64', GFBatch.name) / single:.1f}x single sends per message"
+    if FasterFifo in transports():
+        line += (f"; {get('batch 64', GFBatch.name) / get('batch 64', FFBatch.name):.2f}x faster_fifo's batches, "
+                 f"{single / get('small an int 1x1', FasterFifo.name):.2f}x its single puts")
+    print(line)
     print(f"  1 MiB: {get('1 MiB', GFBytes.name) / get('1 MiB', 'memcpy in one process'):.0%} of memcpy")
     print(f"  ping-pong: {get('ping-pong', 'gilfree.ProcessChannel pair'):.1f} us vs Pipe "
           f"{get('ping-pong', 'multiprocessing.Pipe'):.1f} us")
+    print("\nbounds: one small int, ns (in one process, no peer; medians of this run)")
+    parts = [bounds() for _ in range(reps)]
+    for k in parts[0]:
+        xs = sorted(p[k] for p in parts)
+        row("bounds", k, {"median": statistics.median(xs), "min": xs[0], "max": xs[-1]}, "ns")
+    print(f"  one wake-up (half a ping-pong round trip): "
+          f"{get('ping-pong', 'gilfree.ProcessChannel pair') * 1e3 / 2:,.0f} ns; a streamed message costs "
+          f"{1e9 / single:,.0f} ns")
 
 
 if __name__ == "__main__":

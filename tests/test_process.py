@@ -375,3 +375,173 @@ def test_process_channel_queue_names_get_a_hint_and_it_is_always_true() -> None:
         assert bool(ch) is True and len(ch) == 0
         with pytest.raises(AttributeError, match=r"use send\(value\)"):
             ch.put  # type: ignore[attr-defined]
+
+
+# ---- values in gilfree's encoding, and batches --------------------------------------------------------------
+
+EDGE_VALUES: list[Any] = [
+    None, True, False, 0, 1, -1, 2**55 - 1, -2**55, 2**55, -2**55 - 1, 2**63 - 1, -2**63, 2**63, -2**63 - 1,
+    10**40, 0.0, -0.0, 1.5, float("inf"), float("-inf"), 1e-310, "", "a", "héllo ✓ 日本", "x" * 100_000,
+    "lone \ud800 surrogate", b"", b"\x00\x01", b"y" * 100_000, [1, "two"], (3,), {"k": 4.0}, bytearray(b"ba"),
+    signal.SIGINT,  # an IntEnum: an int subclass keeps its type
+]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and a != a:
+        return b != b
+    return type(a) is type(b) and a == b and (not isinstance(a, float) or str(a) == str(b))  # -0.0
+
+
+def test_every_kind_of_value_round_trips_with_its_type() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(64, buffer_size=1 << 20)
+    for v in [*EDGE_VALUES, float("nan")]:
+        ch.send(v)
+        got = ch.recv(timeout=5)
+        assert _same(v, got), (v, got)
+    assert ch.send_many([*EDGE_VALUES, float("nan")]) == len(EDGE_VALUES) + 1
+    got = []
+    while len(got) < len(EDGE_VALUES) + 1:
+        got += ch.recv_many(7, timeout=5)
+    assert all(_same(a, b) for a, b in zip([*EDGE_VALUES, float("nan")], got)), got
+    ch.release()
+
+
+def test_small_ints_take_no_more_room_than_their_pickles_did() -> None:
+    """An int that fits 56 bits is one 16-byte record, as a pickled small int was."""
+    ch: ProcessChannel[int] = ProcessChannel(1000, buffer_size=16 * 10)
+    ch.send_many(range(2**54, 2**54 + 10))
+    with pytest.raises(WouldBlock):
+        ch.send_nowait(-(2**55))  # the eleventh does not fit
+    assert ch.recv_many(100) == list(range(2**54, 2**54 + 10))
+    ch.release()
+
+
+def test_a_pickle_sent_as_bytes_still_arrives_as_its_value() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(4)
+    for proto in (0, 2, 5):
+        ch.send_bytes(pickle.dumps({"p": proto}, protocol=proto))
+        assert ch.recv(timeout=5) == {"p": proto}
+    ch.release()
+
+
+@pytest.mark.parametrize("record,error", [
+    (b"\x04\x00", ValueError), (b"\x08" + bytes(3), ValueError), (b"\x05" + bytes(9), ValueError),
+    (b"\x01\x00", ValueError), (b"\x06\xff\xfe", UnicodeDecodeError), (b"", ValueError),
+])
+def test_a_malformed_record_raises_and_the_channel_goes_on(record: bytes, error: type[Exception]) -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(8)
+    ch.send_bytes(record)
+    ch.send(7)
+    with pytest.raises(error):
+        ch.recv(timeout=5)
+    assert ch.recv(timeout=5) == 7
+    ch.send(1)
+    ch.send_bytes(record)
+    ch.send(3)
+    with pytest.raises(error) as info:
+        ch.recv_many(10)
+    assert (info.value.values, info.value.data, info.value.more) == ([1], record, [3])  # type: ignore[attr-defined]
+    ch.release()
+
+
+def test_a_batch_fills_a_small_channel_in_order_while_a_receiver_drains_it() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(3, buffer_size=4096)
+    n = scaled(20_000, 2_000)
+    got: list[int] = []
+
+    def drain() -> None:
+        while len(got) < n:
+            got.extend(ch.recv_many(5, timeout=30))
+
+    t = threading.Thread(target=drain)
+    t.start()
+    assert ch.send_many(range(n), timeout=30) == n
+    t.join(60)
+    assert got == list(range(n))
+    ch.release()
+
+
+def test_a_batchs_values_are_messages_any_receiver_may_take() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(100)
+    ch.send_many(range(10))
+    assert ch.recv(timeout=5) == 0
+    assert ch.recv_many(3) == [1, 2, 3]
+    assert len(ch) == 6
+    assert ch.recv_many(100) == [4, 5, 6, 7, 8, 9]
+    ch.release()
+
+
+def test_recv_many_takes_a_first_message_larger_than_its_round_buffer() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(10, buffer_size=1 << 20)
+    big = b"z" * 200_000
+    ch.send_many([big, 1, "x" * 70_000, 2])
+    assert ch.recv_many(10) == [big, 1]  # the round stops where the next would not fit its buffer
+    assert ch.recv_many(10) == ["x" * 70_000, 2]
+    ch.release()
+
+
+def _batch_child(ch: ProcessChannel[Any], n: int) -> None:
+    ch.send_many(({"i": i} if i % 7 == 0 else (i if i % 3 else str(i))) for i in range(n))
+    ch.close()
+
+
+def test_batches_cross_processes_in_order_with_mixed_values() -> None:
+    ch: ProcessChannel[Any] = ProcessChannel(16, buffer_size=8192)
+    n = scaled(30_000, 3_000)
+    p = mp.get_context("fork").Process(target=_batch_child, args=(ch, n))
+    p.start()
+    got: list[Any] = []
+    while True:
+        try:
+            got.extend(ch.recv_many(50, timeout=30))
+        except ChannelClosed:
+            break
+    p.join(30)
+    assert got == [({"i": i} if i % 7 == 0 else (i if i % 3 else str(i))) for i in range(n)]
+    ch.release()
+
+
+def _batch_senders(ch: ProcessChannel[int], per: int, threads: int, offset: int) -> None:
+    def send(k: int) -> None:
+        base = offset + k * per
+        for i in range(0, per, 37):  # batches of 37 (the C side writes up to 64 at a time)
+            ch.send_many(range(base + i, base + min(per, i + 37)))
+
+    ts = [threading.Thread(target=send, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def test_batches_from_many_threads_of_two_processes_lose_and_duplicate_nothing() -> None:
+    ch: ProcessChannel[int] = ProcessChannel(50, buffer_size=2048)
+    per, threads = scaled(20_000, 1_000), 4
+    senders = [mp.get_context("fork").Process(target=_batch_senders, args=(ch, per, threads, j * per * threads))
+               for j in range(2)]
+    for p in senders:
+        p.start()
+    got: list[list[int]] = [[] for _ in range(4)]
+
+    def recv(k: int) -> None:
+        while True:
+            try:
+                got[k].extend(ch.recv_many(1 + 13 * k, timeout=60))
+            except ChannelClosed:
+                return
+
+    rs = [threading.Thread(target=recv, args=(k,)) for k in range(4)]
+    for t in rs:
+        t.start()
+    for p in senders:
+        p.join(120)
+    ch.close()
+    for t in rs:
+        t.join(60)
+    assert sorted(v for g in got for v in g) == list(range(2 * per * threads))  # each exactly once
+    for g in got:  # and one sender thread's values reach each receiver in the order they were sent
+        for stream in range(2 * threads):
+            mine = [v for v in g if stream * per <= v < (stream + 1) * per]
+            assert mine == sorted(mine)
+    ch.release()

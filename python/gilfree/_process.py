@@ -2,14 +2,15 @@
 
 The C core (src/procchan.c) keeps a ring of length-prefixed records in a POSIX shared-memory object, guarded
 by a robust process-shared mutex; waiters sleep on futex words in that object (a process that dies while it
-waits leaves nothing behind, unlike a process-shared condition variable). This layer
-pickles values (protocol 5), names the object, and ties its lifetime to the handles and to
+waits leaves nothing behind, unlike a process-shared condition variable), and encodes values (the small
+ones itself, others with pickle). This layer names the object and ties its lifetime to the handles and to
 multiprocessing's resource tracker.
 """
 
 from __future__ import annotations
 
 import os
+import itertools
 import pickle
 import secrets
 import threading
@@ -28,6 +29,9 @@ _RECORD_OVERHEAD = 8 + 8  # a record's length prefix and its padding, at most
 _live: weakref.WeakSet[ProcessChannel[Any]] = weakref.WeakSet()
 _live_lock = threading.Lock()
 _exit_pid = -1  # the process in which _release_all_at_exit is registered with multiprocessing's finalizers
+
+
+_BATCH = 64  # values send_many encodes at a time (the C side writes up to as many per lock acquisition)
 
 
 def _tracker(op: str, name: str) -> None:
@@ -54,12 +58,14 @@ class ProcessChannel(Generic[T]):
 
     ``ProcessChannel(capacity=1024, *, buffer_size=1 << 20 | ...)``: at most ``capacity`` messages wait, in a
     shared ring of ``buffer_size`` bytes (the default holds one 1 MiB message with its header); a send
-    blocks while either is full (backpressure across processes). Values are pickled (protocol 5);
-    ``send_bytes``/``recv_bytes``/``recv_bytes_into`` move raw bytes without pickling.
+    blocks while either is full (backpressure across processes). None, bools, ints that fit 64 bits,
+    floats, str and bytes (these exact types) travel in a compact encoding of gilfree's own; other values
+    are pickled (protocol 5). ``send_bytes``/``recv_bytes``/``recv_bytes_into`` move raw bytes as they are.
 
     - ``send(value, timeout=None)`` / ``recv(timeout=None)`` block with the GIL released; ``TimeoutError``
       when the timeout passes; Ctrl-C reaches a waiting main thread within 100 ms. ``send_nowait`` /
-      ``recv_nowait`` raise ``WouldBlock``. ``send_many(iterable)`` / ``recv_many(max_items)``.
+      ``recv_nowait`` raise ``WouldBlock``. ``send_many(iterable)`` / ``recv_many(max_items)`` move a batch
+      under one lock acquisition and one wake-up; each value is still a message of its own.
     - A value too large for the buffer raises ValueError, one that cannot be pickled raises its pickling
       error: at the sender, and nothing is sent.
     - ``close()`` is idempotent: senders get ``ChannelClosed``; receivers drain what was sent, then get
@@ -96,8 +102,15 @@ class ProcessChannel(Generic[T]):
         _tracker("register", name)
         self._register()
 
+    def _bind(self) -> None:
+        # send and recv called straight on the C handle: a Python method around each costs as much as the
+        # channel operation itself (the methods below are what these do, and what the docs show)
+        self.send = self._h.send_obj  # type: ignore[method-assign]
+        self.recv = self._h.recv_obj  # type: ignore[method-assign]
+
     def _register(self) -> None:
         global _exit_pid
+        self._bind()
         self._pid = os.getpid()
         with _live_lock:
             _live.add(self)
@@ -184,25 +197,49 @@ class ProcessChannel(Generic[T]):
     # ---- values ------------------------------------------------------------------------------------------
 
     def send(self, value: T, timeout: float | None = None) -> None:
-        self._h.send_bytes(pickle.dumps(value, protocol=5), timeout)
+        self._h.send_obj(value, timeout)
 
     def send_nowait(self, value: T) -> None:
-        self._h.send_bytes(pickle.dumps(value, protocol=5), None, True)
+        self._h.send_obj(value, None, True)
 
     def recv(self, timeout: float | None = None) -> T:
-        return pickle.loads(self._h.recv_bytes(timeout))  # type: ignore[no-any-return]
+        return self._h.recv_obj(timeout)  # type: ignore[no-any-return]
 
     def recv_nowait(self) -> T:
-        return pickle.loads(self._h.recv_bytes(None, True))  # type: ignore[no-any-return]
+        return self._h.recv_obj(None, True)  # type: ignore[no-any-return]
 
     def send_many(self, values: Iterable[T], timeout: float | None = None) -> int:
-        """Send every value in order; returns the count. Whatever the error (closed, timeout, a value that
-        does not pickle, Ctrl-C), the exception's ``.sent`` says how many were delivered."""
+        """Send every value in order; returns the count. Values go in batches: up to 64 are encoded, then as
+        many as there is room for are written under one lock acquisition with one wake-up (each is still a
+        message of its own, which any receiver may take). ``timeout`` bounds each wait for room. Whatever the
+        error (closed, timeout, a value that does not pickle, Ctrl-C), the exception's ``.sent`` says how
+        many were delivered."""
         sent = 0
+        send_objs = self._h.send_objs
         try:
-            for v in values:
-                self._h.send_bytes(pickle.dumps(v, protocol=5), timeout)
-                sent += 1
+            if type(values) is tuple or type(values) is list:  # noqa: E721 - exactly these: no iteration
+                batch = tuple(values)
+                while sent < len(batch):
+                    sent += send_objs(batch, sent, timeout)
+                return sent
+            it = iter(values)
+            while True:
+                taken: list[T] = []
+                failed: BaseException | None = None
+                try:
+                    taken.extend(itertools.islice(it, _BATCH))
+                except BaseException as e:  # the iterable's own error: send what came before it first
+                    failed = e
+                batch = tuple(taken)
+                i = 0
+                while i < len(batch):
+                    n = send_objs(batch, i, timeout)
+                    i += n
+                    sent += n
+                if failed is not None:
+                    raise failed
+                if len(batch) < _BATCH:
+                    break
         except BaseException as e:
             try:
                 e.sent = sent  # type: ignore[attr-defined]
@@ -212,24 +249,14 @@ class ProcessChannel(Generic[T]):
         return sent
 
     def recv_many(self, max_items: int, timeout: float | None = None) -> list[T]:
-        """1 to ``max_items`` values: what is there, waiting only for the first.
+        """1 to ``max_items`` values: what is there, waiting only for the first. They are taken under one
+        lock acquisition, with one wake-up for the senders.
 
-        A message that cannot be unpickled after some were taken raises that error with the values already
-        taken attached as ``.values`` (in order) and the message's bytes as ``.data``: nothing is lost."""
+        A message that cannot be decoded (a pickle that fails to load) raises that error with the values
+        taken before it attached as ``.values`` (in order), its bytes as ``.data`` and the values taken after
+        it as ``.more`` (any that cannot be decoded either, as its bytes): nothing is lost."""
         _check_int(max_items, "max_items", 1)
-        out = [self.recv(timeout)]
-        while len(out) < max_items:
-            try:
-                data = self._h.recv_bytes(None, True)
-            except (_core.WouldBlock, ChannelClosed):
-                break
-            try:
-                out.append(pickle.loads(data))
-            except Exception as e:
-                e.values = out  # type: ignore[attr-defined]
-                e.data = data  # type: ignore[attr-defined]
-                raise
-        return out
+        return self._h.recv_objs(max_items, timeout)
 
     def close(self) -> None:
         """Close the channel for every process (idempotent)."""
