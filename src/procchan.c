@@ -350,6 +350,18 @@ pc_alive(ProcChanObject *self)
     return 1;
 }
 
+/* A method whose _impl runs between pc_enter and pc_leave: the mapping stays while it runs. */
+#define PC_GUARDED(name)                                                                                   \
+    static PyObject *name(PyObject *op, PyObject *args, PyObject *kwargs)                                \
+    {                                                                                                      \
+        if (!pc_enter(PC_CAST(op))) {                                                                      \
+            return NULL;                                                                                   \
+        }                                                                                                  \
+        PyObject *r = name##_impl(op, args, kwargs);                                                       \
+        pc_leave(PC_CAST(op));                                                                             \
+        return r;                                                                                          \
+    }
+
 enum { PC_SEND = 0, PC_RECV = 1 };
 
 /* How long a waiter spins (GIL released, mutex free) before it sleeps on the futex: a peer process that
@@ -628,16 +640,7 @@ done:
     return res;
 }
 
-static PyObject *
-pc_send_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (!pc_enter(PC_CAST(op))) {
-        return NULL;
-    }
-    PyObject *r = pc_send_bytes_impl(op, args, kwargs);
-    pc_leave(PC_CAST(op));
-    return r;
-}
+PC_GUARDED(pc_send_bytes)
 
 /* ---- recv ---------------------------------------------------------------------------------------- */
 
@@ -734,16 +737,7 @@ pc_recv_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
     }
 }
 
-static PyObject *
-pc_recv_bytes(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (!pc_enter(PC_CAST(op))) {
-        return NULL;
-    }
-    PyObject *r = pc_recv_bytes_impl(op, args, kwargs);
-    pc_leave(PC_CAST(op));
-    return r;
-}
+PC_GUARDED(pc_recv_bytes)
 
 static PyObject *
 pc_recv_bytes_into_impl(PyObject *op, PyObject *args, PyObject *kwargs)
@@ -794,16 +788,7 @@ done:
     return res;
 }
 
-static PyObject *
-pc_recv_bytes_into(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (!pc_enter(PC_CAST(op))) {
-        return NULL;
-    }
-    PyObject *r = pc_recv_bytes_into_impl(op, args, kwargs);
-    pc_leave(PC_CAST(op));
-    return r;
-}
+PC_GUARDED(pc_recv_bytes_into)
 
 /* ---- values: send/recv of Python objects, one at a time or in batches -------------------------------
  *
@@ -1096,16 +1081,7 @@ done:
     return res;
 }
 
-static PyObject *
-pc_send_obj(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (!pc_enter(PC_CAST(op))) {
-        return NULL;
-    }
-    PyObject *r = pc_send_obj_impl(op, args, kwargs);
-    pc_leave(PC_CAST(op));
-    return r;
-}
+PC_GUARDED(pc_send_obj)
 
 /* send_objs(values: tuple, start, timeout=None) -> how many of values[start:] were sent: at least one
  * (waiting for room for the first), as many as fit, at most PC_BATCH. Raises (nothing sent by this call)
@@ -1185,16 +1161,7 @@ done:
     return res;
 }
 
-static PyObject *
-pc_send_objs(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (!pc_enter(PC_CAST(op))) {
-        return NULL;
-    }
-    PyObject *r = pc_send_objs_impl(op, args, kwargs);
-    pc_leave(PC_CAST(op));
-    return r;
-}
+PC_GUARDED(pc_send_objs)
 
 /* Attach the messages taken with a value that cannot be decoded to its exception: .values (decoded before
  * it), .data (its bytes), .more (the values after it; one that cannot be decoded either, as its bytes):
@@ -1362,16 +1329,7 @@ done:
     return out;
 }
 
-static PyObject *
-pc_recv_objs(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    if (!pc_enter(PC_CAST(op))) {
-        return NULL;
-    }
-    PyObject *r = pc_recv_objs_impl(op, args, kwargs);
-    pc_leave(PC_CAST(op));
-    return r;
-}
+PC_GUARDED(pc_recv_objs)
 
 /* recv_obj(timeout=None, nowait=False) */
 static PyObject *
