@@ -536,3 +536,39 @@ def test_a_child_forked_while_a_waker_is_held_can_still_put(durable_url: str) ->
             p.join()
         assert p.exitcode == 0
         assert drain(q) == ["from the child"]
+
+
+def test_threads_that_come_and_go_leave_no_connection_open(tmp_path: Path) -> None:
+    """Each thread uses a connection of its own; it is closed when the thread ends, not kept until close().
+    (SQLite keeps a closed connection's file descriptor for the next one to reuse while another connection
+    of the process holds a lock on the file: the open files stay bounded by the threads alive at once.)"""
+    path = str(tmp_path / "q.db")
+
+    def open_files() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").startswith(path)
+            except OSError:
+                pass
+        return n
+
+    q = DurableQueue(path)
+    q.put(0)
+    backend = q._b  # type: ignore[attr-defined]
+    assert len(backend._all) == 1
+    files = []
+    for _ in range(5):
+        ts = [threading.Thread(target=q.put, args=(i,)) for i in range(20)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert len(backend._all) == 1  # the threads' connections were closed as they ended
+        files.append(open_files())
+    assert max(files) <= 3 + 20 and files[-1] <= files[0] + 5, files  # not 20 more each round
+    c = q.consumer("g")
+    assert sorted(c.get(timeout=5).value for _ in range(101)) == [0] + sorted(list(range(20)) * 5)
+    c.close()
+    q.close()
+    assert open_files() == 0

@@ -23,6 +23,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any, Callable, Sequence, TypeVar
 
 from ._common import LeaseLost, Taken
@@ -53,6 +54,21 @@ LEASED, WAITING, DEAD = 1, 2, 3
 BUSY_SLICE = 0.02  # a busy database is retried in slices this long (Ctrl-C gets through between them)
 
 
+class _Holder:
+    """A thread's connection: closed when the thread ends (and its threading.local entry with it)."""
+
+    __slots__ = ("conn", "backend", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection, backend: SQLiteBackend) -> None:
+        self.conn = conn
+        self.backend = weakref.ref(backend)
+
+    def __del__(self) -> None:
+        b = self.backend()
+        if b is not None and b._pid == os.getpid():
+            b._forget(id(self))
+
+
 class SQLiteBackend:
     """What DurableQueue needs from a store, on SQLite."""
 
@@ -61,7 +77,7 @@ class SQLiteBackend:
     def __init__(self, path: str, queue: str, sync: str) -> None:
         self.path, self.queue, self.sync = path, queue, sync
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: dict[int, sqlite3.Connection] = {}  # every open connection, by its holder's id
         self._lock = threading.Lock()
         self._pid = os.getpid()
         try:
@@ -73,12 +89,12 @@ class SQLiteBackend:
     # ---- connections: one per thread (and per process: a forked child opens its own) ----------------
 
     def _conn(self) -> sqlite3.Connection:
-        c: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if c is not None and self._pid == os.getpid():
-            return c
+        h: _Holder | None = getattr(self._local, "holder", None)
+        if h is not None and self._pid == os.getpid():
+            return h.conn
         if self._pid != os.getpid():  # a forked child: the parent's connections are not ours to use
             self._local = threading.local()
-            self._all = []
+            self._all = {}
             self._lock = threading.Lock()
             self._pid = os.getpid()
         try:
@@ -91,10 +107,22 @@ class SQLiteBackend:
         except sqlite3.DatabaseError as e:
             c.close()
             raise ValueError(f"url: {self.path!r} is not a usable SQLite database ({e})") from None
-        self._local.conn = c
+        # The thread's holder goes when the thread ends (its threading.local entry is cleared then), and
+        # closes the connection: threads that come and go leave no connection (and no file) open.
+        h = _Holder(c, self)
+        self._local.holder = h
         with self._lock:
-            self._all.append(c)
+            self._all[id(h)] = c
         return c
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            c = self._all.pop(key, None)
+        if c is not None:
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass
 
     def _setup(self, c: sqlite3.Connection) -> None:
         try:
@@ -353,7 +381,7 @@ class SQLiteBackend:
 
     def close(self) -> None:
         with self._lock:
-            conns, self._all = self._all, []
+            conns, self._all = list(self._all.values()), {}
         for c in conns:
             try:
                 c.close()
