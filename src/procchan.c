@@ -1249,7 +1249,7 @@ pc_recv_objs_impl(PyObject *op, PyObject *args, PyObject *kwargs)
         /* take records while they fit the buffer (the first always does) */
         uint64_t pos = sh->head, total = 0;
         k = 0;
-        while (k < max_items && pos != sh->tail) {
+        while (k < max_items && (uint64_t)k < sh->count && pos != sh->tail) { /* (count: a peer may lie) */
             uint64_t len = rec_len_at(self, pos);
             if (len == UINT64_MAX) {
                 if (k == 0) {

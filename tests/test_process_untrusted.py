@@ -526,3 +526,22 @@ def test_a_child_attaches_after_the_creator_released_its_handle(method: str) -> 
     p.join(60)
     assert p.exitcode == 0
     assert not os.path.exists("/dev/shm" + ch.name)  # the last release removed it
+
+
+def test_recv_many_takes_no_more_records_than_the_count_says() -> None:
+    """A peer that lowers count below the records in the ring: a batch takes only what count says, so the
+    count never wraps below zero; the inconsistency is then reported, not crashed on."""
+    out = run_child(
+        """
+        ch = ProcessChannel(8, buffer_size=4096)
+        ch.send_many([10, 11, 12])
+        poke(ch, "count", 1)
+        print(ch.recv_many(10), peek(ch, "count"))
+        try:
+            ch.recv_many(10)
+        except OSError as e:
+            print("corrupt" in str(e))
+        ch.release()
+        """
+    )
+    assert out.splitlines() == ["[10] 0", "True"]
