@@ -518,7 +518,8 @@ def _batch_senders(ch: ProcessChannel[int], per: int, threads: int, offset: int)
 def test_batches_from_many_threads_of_two_processes_lose_and_duplicate_nothing() -> None:
     ch: ProcessChannel[int] = ProcessChannel(50, buffer_size=2048)
     per, threads = scaled(20_000, 1_000), 4
-    senders = [mp.get_context("fork").Process(target=_batch_senders, args=(ch, per, threads, j * per * threads))
+    # spawn: TSan cannot start threads in a forked child
+    senders = [mp.get_context("spawn").Process(target=_batch_senders, args=(ch, per, threads, j * per * threads))
                for j in range(2)]
     for p in senders:
         p.start()
@@ -539,6 +540,7 @@ def test_batches_from_many_threads_of_two_processes_lose_and_duplicate_nothing()
     ch.close()
     for t in rs:
         t.join(60)
+    assert [p.exitcode for p in senders] == [0, 0]
     assert sorted(v for g in got for v in g) == list(range(2 * per * threads))  # each exactly once
     for g in got:  # and one sender thread's values reach each receiver in the order they were sent
         for stream in range(2 * threads):
