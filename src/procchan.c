@@ -671,6 +671,30 @@ raise_recv_outcome(ProcChanObject *self, int w)
     return -1;
 }
 
+/* Lock and wait for a message (or closed, or nowait): the head record's length, with the mutex held; or
+ * UINT64_MAX with an exception set and the mutex free (closed and drained, empty, timeout, corrupt). */
+static uint64_t
+lock_head(ProcChanObject *self, const gf_deadline *d, int nowait)
+{
+    if (pc_lock_until(self, d, nowait) < 0) {
+        return UINT64_MAX;
+    }
+    int w = pc_wait(self, PC_RECV, 0, d, nowait);
+    if (w < 0) {
+        return UINT64_MAX;
+    }
+    if (w != 0) {
+        pthread_mutex_unlock(&self->sh->mu);
+        raise_recv_outcome(self, w);
+        return UINT64_MAX;
+    }
+    uint64_t len = head_len(self);
+    if (len == UINT64_MAX) {
+        fail_corrupt(self);
+    }
+    return len;
+}
+
 static PyObject *
 pc_recv_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
 {
@@ -687,21 +711,8 @@ pc_recv_bytes_impl(PyObject *op, PyObject *args, PyObject *kwargs)
     }
     gf_pc_shared *sh = self->sh;
     for (;;) {
-        if (pc_lock_until(self, &d, nowait) < 0) {
-            return NULL;
-        }
-        int w = pc_wait(self, PC_RECV, 0, &d, nowait);
-        if (w < 0) {
-            return NULL;
-        }
-        if (w != 0) {
-            pthread_mutex_unlock(&sh->mu);
-            raise_recv_outcome(self, w);
-            return NULL;
-        }
-        uint64_t len = head_len(self);
+        uint64_t len = lock_head(self, &d, nowait);
         if (len == UINT64_MAX) {
-            fail_corrupt(self);
             return NULL;
         }
         if (len <= PC_SMALL) {
@@ -756,21 +767,8 @@ pc_recv_bytes_into_impl(PyObject *op, PyObject *args, PyObject *kwargs)
         goto done;
     }
     gf_pc_shared *sh = self->sh;
-    if (pc_lock_until(self, &d, nowait) < 0) {
-        goto done;
-    }
-    int w = pc_wait(self, PC_RECV, 0, &d, nowait);
-    if (w < 0) {
-        goto done;
-    }
-    if (w != 0) {
-        pthread_mutex_unlock(&sh->mu);
-        raise_recv_outcome(self, w);
-        goto done;
-    }
-    uint64_t len = head_len(self);
+    uint64_t len = lock_head(self, &d, nowait);
     if (len == UINT64_MAX) {
-        fail_corrupt(self);
         goto done;
     }
     if (len > (uint64_t)view.len) {
@@ -1217,21 +1215,8 @@ pc_recv_objs_impl(PyObject *op, PyObject *args, PyObject *kwargs)
         goto done;
     }
     for (;;) {
-        if (pc_lock_until(self, &d, nowait) < 0) {
-            goto done;
-        }
-        int w = pc_wait(self, PC_RECV, 0, &d, nowait);
-        if (w < 0) {
-            goto done;
-        }
-        if (w != 0) {
-            pthread_mutex_unlock(&sh->mu);
-            raise_recv_outcome(self, w);
-            goto done;
-        }
-        uint64_t first = head_len(self);
+        uint64_t first = lock_head(self, &d, nowait);
         if (first == UINT64_MAX) {
-            fail_corrupt(self);
             goto done;
         }
         if (first > cap) { /* a large first record: grow the buffer with the mutex free, then again */
