@@ -9,9 +9,8 @@ multiprocessing's resource tracker.
 
 from __future__ import annotations
 
-import os
 import itertools
-import pickle
+import os
 import secrets
 import threading
 import weakref
