@@ -130,10 +130,9 @@ class _Slot:
     """A staging slot: host buffers for one chunk in flight on stream ``stream`` (pinned on the GPU), and
     what the device holds for it until its copy back has finished."""
 
-    __slots__ = ("index", "stream", "host_in", "host_out", "held", "out_meta", "marks", "staged")
+    __slots__ = ("stream", "host_in", "host_out", "held", "out_meta", "marks", "staged")
 
-    def __init__(self, index: int, stream: int) -> None:
-        self.index = index
+    def __init__(self, stream: int) -> None:
         self.stream = stream
         self.host_in: Any = None
         self.host_out: Any = None
@@ -141,6 +140,15 @@ class _Slot:
         self.out_meta: Any = None  # (shape, dtype) of the result
         self.marks: Any = None  # timeline: events or times of the device phases' boundaries
         self.staged: Any = None  # timeline: host times of the staging copy's start and end
+
+
+def _ensure(slot: _Slot, attr: str, nbytes: int, alloc: Callable[[int], Any]) -> Any:
+    """The slot's host buffer ``attr`` (host_in or host_out), made or grown to hold nbytes."""
+    buf = getattr(slot, attr)
+    if buf is None or buf.nbytes < nbytes:
+        buf = alloc(max(nbytes, 1))
+        setattr(slot, attr, buf)
+    return buf
 
 
 def _as_chunk(np: Any, chunk: Any, i: int) -> Any:
@@ -180,15 +188,8 @@ class _CpuBackend:
         self.pools = [ThreadPool(max_workers=1) for _ in range(streams)]
         self.host_t0 = time.perf_counter()
 
-    def describe(self) -> str:
-        return "cpu (NumPy; a thread per stream)"
-
     def ensure(self, slot: _Slot, attr: str, nbytes: int) -> Any:
-        buf = getattr(slot, attr)
-        if buf is None or buf.nbytes < nbytes:
-            buf = self.np.empty(max(nbytes, 1), dtype=self.np.uint8)
-            setattr(slot, attr, buf)
-        return buf
+        return _ensure(slot, attr, nbytes, lambda n: self.np.empty(n, dtype=self.np.uint8))
 
     def submit(self, slot: _Slot, arr: Any, kernel: Callable[[Any], Any], timeline: bool) -> Any:
         np = self.np
@@ -248,16 +249,11 @@ class _CupyBackend:
         self.h2d = cupy.cuda.runtime.memcpyHostToDevice
         self.d2h = cupy.cuda.runtime.memcpyDeviceToHost
 
-    def describe(self) -> str:
-        return str(available().device)
-
     def ensure(self, slot: _Slot, attr: str, nbytes: int) -> Any:
-        buf = getattr(slot, attr)
-        if buf is None or buf.nbytes < nbytes:
-            mem = self.cp.cuda.alloc_pinned_memory(max(nbytes, 1))
-            buf = self.np.ndarray((max(nbytes, 1),), dtype=self.np.uint8, buffer=mem)
-            setattr(slot, attr, buf)
-        return buf
+        def pinned(n: int) -> Any:
+            return self.np.ndarray((n,), dtype=self.np.uint8, buffer=self.cp.cuda.alloc_pinned_memory(n))
+
+        return _ensure(slot, attr, nbytes, pinned)
 
     def submit(self, slot: _Slot, arr: Any, kernel: Callable[[Any], Any], timeline: bool) -> Any:
         cp, rt = self.cp, self.cp.cuda.runtime
@@ -319,16 +315,10 @@ class _CupyBackend:
 
 
 def _backend(name: str | None, streams: int) -> Any:
+    """The backend ``name`` (checked by stream_map), or for None the GPU where available, else the CPU."""
     if name is None:
         name = "cupy" if available() else "cpu"
-    if name == "cpu":
-        return _CpuBackend(streams)
-    if name == "cupy":
-        a = available()
-        if not a:
-            raise RuntimeError(f"backend='cupy' cannot run here: {a.reason}")
-        return _CupyBackend(streams)
-    raise ValueError(f"backend must be one of {BACKENDS} or None (the GPU where available), not {name!r}")
+    return _CupyBackend(streams) if name == "cupy" else _CpuBackend(streams)
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------
@@ -385,7 +375,7 @@ def _stream(kernel: Callable[[Any], Any], it: Iterator[Any], streams: int, depth
     nslots = streams * depth
     free: Channel[_Slot] = Channel(nslots)
     for k in range(nslots):
-        free.send(_Slot(k, k % streams))
+        free.send(_Slot(k % streams))
     # a reply channel per chunk, in input order: each holds a slot, and one more is the feeder's last word
     # (the chunks iterator raised), so sending to it never blocks
     order: Channel[Channel[Any]] = Channel(nslots + 1)
