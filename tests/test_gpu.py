@@ -387,3 +387,26 @@ os._exit(0)  # the context is broken: skip CuPy's clean-up at exit
 """
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("raised ") and "CUDA" in out.stdout.split()[1], out
+
+
+@pytest.mark.parametrize("source", ["finite", "blocks for ever"])
+def test_the_interpreter_exits_with_a_stream_left_suspended(source: str) -> None:
+    """An iterator neither exhausted nor closed when the program ends: its stream threads are stopped
+    before the interpreter joins its threads (they waited for ever), whatever its chunks source does."""
+    import subprocess
+    import sys
+
+    child = f"""
+import threading, numpy as np
+from gilfree import gpu
+def chunks():
+    for i in range(4):
+        yield np.full(10, float(i))
+    if {source!r} == "blocks for ever":
+        threading.Event().wait()
+    yield from (np.ones(10) for _ in range(100))
+it = gpu.stream_map(lambda x: x + 1, chunks(), streams=2, depth=1, backend="cpu")
+print(next(it)[0], flush=True)
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["1.0"], out

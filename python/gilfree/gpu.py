@@ -473,7 +473,18 @@ def _stream(kernel: Callable[[Any], Any], it: Iterator[Any], streams: int, depth
     feeder = threading.Thread(target=feed, name="gilfree-gpu-feed", daemon=True)
     runners = [threading.Thread(target=run_stream, args=(s,), name=f"gilfree-gpu-stream-{s}")
                for s in range(streams)]
+    def stop() -> None:
+        """Stops the stream (no join): for its own end below, and at interpreter exit."""
+        nonlocal stopped
+        with lock:
+            stopped = True
+            for w in work:
+                w.close()  # the stream threads finish what the streams hold, then end
+            order.close()
+        free.close()  # a feeder waiting for a slot ends
+
     interrupted = False
+    _track(stop)
     try:
         feeder.start()
         for r in runners:
@@ -493,12 +504,8 @@ def _stream(kernel: Callable[[Any], Any], it: Iterator[Any], streams: int, depth
         interrupted = True
         raise
     finally:
-        with lock:
-            stopped = True
-            for w in work:
-                w.close()  # the stream threads finish what the streams hold, then end
-            order.close()
-        free.close()  # a feeder waiting for a slot ends
+        stop()
+        _untrack(stop)
         if not interrupted:
             # bounded: the device work in flight, at most nslots chunks (a feeder inside the caller's
             # chunks iterator is not waited for: it stops when that returns, before taking a slot)
@@ -507,6 +514,34 @@ def _stream(kernel: Callable[[Any], Any], it: Iterator[Any], streams: int, depth
             # Ctrl-C: return at once; the stream threads release the device memory when the streams are
             # past it, and the pool threads of the CPU backend end then
             threading.Thread(target=_finish, args=(runners, be), name="gilfree-gpu-close").start()
+
+
+# Streams left suspended (an iterator neither exhausted nor closed) are stopped before the interpreter joins
+# its threads at exit, as concurrent.futures shuts its pools down: their stream threads would wait forever.
+_live: set[Callable[[], None]] = set()
+_live_lock = threading.Lock()
+_hooked = False
+
+
+def _track(stop: Callable[[], None]) -> None:
+    global _hooked
+    with _live_lock:
+        _live.add(stop)
+        if not _hooked:
+            threading._register_atexit(_stop_all_at_exit)  # type: ignore[attr-defined]
+            _hooked = True
+
+
+def _untrack(stop: Callable[[], None]) -> None:
+    with _live_lock:
+        _live.discard(stop)
+
+
+def _stop_all_at_exit() -> None:
+    with _live_lock:
+        stops = list(_live)
+    for stop in stops:
+        stop()
 
 
 def _finish(runners: list[threading.Thread], be: Any) -> None:
