@@ -357,18 +357,59 @@ def test_workers_leave_when_the_parent_is_killed() -> None:
     assert not alive, "workers outlived their killed parent"
 
 
+def hang_at_exit() -> None:
+    threading._register_atexit(time.sleep, 3600)  # type: ignore[attr-defined]
+
+
 def test_a_collected_pool_shuts_down() -> None:
-    pool = ProcessPool(1)
-    f = pool.submit(sleep_then, 0.1, 7)
-    procs = list(pool._processes.values())
-    del pool
     import gc
 
-    gc.collect()
-    assert f.result(30) == 7
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    # Should a worker not end, its Python stacks go to stderr (the forked worker inherits this handler).
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+    try:
+        pool = ProcessPool(1)
+        f = pool.submit(sleep_then, 0.1, 7)
+        procs = list(pool._processes.values())
+        state = pool._s
+        del pool
+        gc.collect()
+        assert f.result(30) == 7
+        for p in procs:
+            p.join(30)
+            if p.exitcode is None:
+                os.kill(p.pid, signal.SIGUSR1)
+                time.sleep(1)
+            assert p.exitcode == 0, (state.shutting_down, state.said_bye, threading.enumerate())
+    finally:
+        faulthandler.unregister(signal.SIGUSR1)
+
+
+def test_a_worker_whose_exit_hangs_after_its_last_task_is_killed() -> None:
+    # A worker's exit can hang (an exit hook inherited through fork, waiting on a lock that another thread of
+    # the parent held at the fork): a shutdown still ends, after the grace period, with every result in.
+    child = textwrap.dedent(
+        """
+        import sys, threading, time
+        sys.path.insert(0, %r)
+        from gilfree import _procpool
+        from test_procpool import hang_at_exit, sleep_then
+        _procpool._EXIT_GRACE_S = 0.5
+        pool = _procpool.ProcessPool(2, initializer=hang_at_exit)
+        fs = [pool.submit(sleep_then, 0.05, i) for i in range(6)]
+        procs = list(pool._processes.values())
+        t0 = time.monotonic()
+        pool.shutdown(wait=True)
+        took = time.monotonic() - t0
+        assert [f.result() for f in fs] == list(range(6))
+        assert all(p.exitcode == -9 for p in procs), [p.exitcode for p in procs]
+        print("took", round(took, 2), flush=True)
+        """ % os.path.dirname(__file__)
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    took = float(out.stdout.split()[1])
+    assert 0.4 < took < 20, took
+    assert "had not exited" in out.stderr
 
 
 def test_ctrl_c_reaches_a_main_thread_waiting_on_a_result() -> None:

@@ -71,6 +71,7 @@ _INLINE_MAX = 256 * 1024       # a pickle larger than this travels in a shared-m
 _POLL_S = 0.05                 # the manager checks the workers at least this often
 _DRAIN = 64                    # results the manager takes per wake-up before it looks at anything else
 _PARENT_CHECK_S = 0.5          # an idle worker checks that its parent is alive this often
+_EXIT_GRACE_S = 10.0           # a worker that said goodbye and has not ended after this long is killed
 _BUFFER = (1 << 20) + 4096
 _CAP_MAX = 1 << 16             # the channels hold at most this many messages, whatever max_workers is
 _LOGGER = logging.getLogger("concurrent.futures")
@@ -448,6 +449,7 @@ class _State:
         self.procs: dict[int, Any] = {}
         self.procs_lock = threading.RLock()  # procs changes in submit (growth) and the manager thread
         self.said_bye: set[int] = set()
+        self.bye_at: dict[int, float] = {}  # when each worker that is still there said goodbye
         self.manager: threading.Thread | None = None
         self.tasks: ProcessChannel[Any] | None = None
         self.results: ProcessChannel[Any] | None = None
@@ -654,7 +656,9 @@ class _State:
         tid, kind = _RES.unpack_from(data)
         if tid < 0:
             if kind == _BYE:
-                self.said_bye.add(pickle.loads(memoryview(data)[_RES.size:]))
+                pid = pickle.loads(memoryview(data)[_RES.size:])
+                self.said_bye.add(pid)
+                self.bye_at[pid] = time.monotonic()
             elif kind == _INIT_FAILED:
                 pid, why = pickle.loads(memoryview(data)[_RES.size:])
                 self.init_failed.add(pid)
@@ -686,6 +690,19 @@ class _State:
             if not self.procs:
                 return
             sentinels = {p.sentinel: pid for pid, p in self.procs.items()}
+            # A worker that said goodbye owes nothing more. If it does not end, its exit is stuck (in a forked
+            # child, an exit hook may wait on a lock that a thread of this process held at the fork): kill
+            # it, or the shutdown would wait for ever.
+            now = time.monotonic()
+            for pid, at in list(self.bye_at.items()):
+                p = self.procs.get(pid)
+                if p is None:
+                    del self.bye_at[pid]
+                elif now - at > _EXIT_GRACE_S:
+                    del self.bye_at[pid]
+                    _LOGGER.warning("A process pool worker (pid %d) had not exited %.0f s after its last task; "
+                                    "killed.", pid, _EXIT_GRACE_S)
+                    p.kill()
         ended = multiprocessing.connection.wait(list(sentinels), timeout=0)
         if not ended:
             return
@@ -700,6 +717,7 @@ class _State:
             p.join()
             if pid in self.said_bye:
                 self.said_bye.discard(pid)
+                self.bye_at.pop(pid, None)
                 retired += 1
             elif self.broken is None:
                 self.break_pool("A process in the process pool was terminated abruptly while the future was "
