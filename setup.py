@@ -18,7 +18,7 @@ if sys.platform != "linux" and not os.environ.get("GILFREE_ALLOW_UNSUPPORTED_PLA
 from setuptools import Extension, setup
 
 SOURCES = ["src/module.c", "src/args.c", "src/process.c", "src/park.c", "src/ring.c", "src/chancore.c", "src/engine.c", "src/channel.c", "src/asyncop.c",
-           "src/select.c", "src/netpoll.c", "src/procchan.c", "src/future.c", "src/pool.c", "src/parallel.c", "src/kernels.c"]
+           "src/select.c", "src/netpoll.c", "src/poller.c", "src/procchan.c", "src/future.c", "src/pool.c", "src/parallel.c", "src/kernels.c"]
 
 compile_args = ["-std=c11", "-D_GNU_SOURCE", "-fvisibility=hidden"]
 link_args = []

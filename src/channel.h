@@ -116,6 +116,16 @@ typedef struct gf_case {
 
 /* If `arg` is a readable()/writable() case, fill c's fd fields and return 1; else 0. */
 int gf_fdcase_fill(gf_state *st, PyObject *arg, gf_case *c);
+/* f: an int file descriptor or an object with fileno(): the descriptor, or -1 with TypeError/ValueError. */
+int gf_fd_of(PyObject *f);
+
+/* Poller cases (poller.c). gf_poller_fill: if `arg` is a Poller, fill c as an fd case on its epoll
+ * descriptor, count the select as one of its users and return 1 (-1 with an exception: closed, forked);
+ * else 0. Each filled case is left with gf_poller_leave. gf_poller_harvest: the (f, events) ready now
+ * (a list, maybe empty; *woke set when wake() was called), or NULL with an exception. */
+int gf_poller_fill(gf_state *st, PyObject *arg, gf_case *c);
+void gf_poller_leave(PyObject *poller);
+PyObject *gf_poller_harvest(PyObject *poller, int *woke);
 
 typedef struct gf_outcome {
     int index;          /* the case that proceeded (an fd case: value is NULL, the caller returns its object) */

@@ -40,6 +40,7 @@ typedef struct gf_state {
     PyTypeObject *future_class;   /* gilfree.Future (set by _configure_futures), what pools create */
     PyTypeObject *pool_type;      /* gilfree._core.Pool, the C base of gilfree.ThreadPool */
     PyTypeObject *fdcase_type;    /* gilfree._core.FdCase: readable(f) / writable(f) select cases */
+    PyTypeObject *poller_type;    /* gilfree._core.Poller: registered fds on epoll (poller.c) */
     PyObject *InvalidStateError;  /* concurrent.futures.InvalidStateError */
     PyObject *CancelledError;     /* concurrent.futures.CancelledError */
     PyObject *BrokenThreadPool;   /* concurrent.futures.thread.BrokenThreadPool */
@@ -101,6 +102,7 @@ int gf_select_setup(PyObject *module, gf_state *st);
 int gf_future_setup(PyObject *module, gf_state *st);
 int gf_pool_setup(PyObject *module, gf_state *st);
 int gf_netpoll_setup(PyObject *module, gf_state *st);
+int gf_poller_setup(PyObject *module, gf_state *st);
 int gf_procchan_setup(PyObject *module, gf_state *st);
 
 /* Argument parsing for METH_FASTCALL|METH_KEYWORDS methods: fills out[0..nmax) (NULL when absent) from

@@ -240,7 +240,7 @@ core_exec(PyObject *module)
         return -1;
     }
     if (gf_channel_setup(module, st) < 0 || gf_asyncop_setup(module, st) < 0 || gf_select_setup(module, st) < 0 ||
-        gf_netpoll_setup(module, st) < 0 || gf_procchan_setup(module, st) < 0 ||
+        gf_netpoll_setup(module, st) < 0 || gf_poller_setup(module, st) < 0 || gf_procchan_setup(module, st) < 0 ||
         gf_future_setup(module, st) < 0 || gf_pool_setup(module, st) < 0 ||
         gf_parallel_setup(module, st) < 0 || gf_kernels_setup(module, st) < 0) {
         return -1;
@@ -254,6 +254,7 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     gf_state *st = gf_get_state(module);
     Py_VISIT(st->channel_type);
     Py_VISIT(st->fdcase_type);
+    Py_VISIT(st->poller_type);
     Py_VISIT(st->asyncop_type);
     Py_VISIT(st->sentinel_type);
     Py_VISIT(st->ChannelClosed);
@@ -278,6 +279,7 @@ core_clear(PyObject *module)
     gf_state *st = gf_get_state(module);
     Py_CLEAR(st->channel_type);
     Py_CLEAR(st->fdcase_type);
+    Py_CLEAR(st->poller_type);
     Py_CLEAR(st->asyncop_type);
     Py_CLEAR(st->sentinel_type);
     Py_CLEAR(st->ChannelClosed);

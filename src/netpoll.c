@@ -112,8 +112,8 @@ static PyType_Spec fdcase_spec = {
 };
 
 /* f: an int file descriptor or an object with fileno(). -1 with TypeError/ValueError naming `f`. */
-static int
-fd_of(PyObject *f)
+int
+gf_fd_of(PyObject *f)
 {
     PyObject *num;
     if (PyLong_Check(f) && !PyBool_Check(f)) {
@@ -164,7 +164,7 @@ static PyObject *
 make_case(PyObject *module, PyObject *f, short events)
 {
     gf_state *st = gf_get_state(module);
-    int fd = fd_of(f);
+    int fd = gf_fd_of(f);
     if (fd < 0) {
         return NULL;
     }

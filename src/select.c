@@ -9,6 +9,12 @@
 
 /* ---- gilfree.select ----------------------------------------------------------------------------- */
 
+static int
+is_poller(gf_state *st, PyObject *fileobj)
+{
+    return fileobj != NULL && Py_IS_TYPE(fileobj, st->poller_type);
+}
+
 static PyObject *
 select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -71,6 +77,13 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         if (gf_fdcase_fill(st, arg, &cases[i])) {
             continue;
         }
+        int pr = gf_poller_fill(st, arg, &cases[i]);
+        if (pr < 0) {
+            goto done;
+        }
+        if (pr) {
+            continue;
+        }
         if (PyTuple_Check(arg) && PyTuple_GET_SIZE(arg) == 2 &&
             gf_channel_case_kind(st, PyTuple_GET_ITEM(arg, 0), &ch) == 2) {
             cases[i].ch = ch;
@@ -80,15 +93,39 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         }
         PyErr_Format(PyExc_TypeError,
                      "select() case %d must be a channel's bound recv, a (channel.send, value) pair, "
-                     "gilfree.readable(f), gilfree.writable(f), gilfree.default or None, not %.100R "
+                     "gilfree.readable(f), gilfree.writable(f), a gilfree.Poller, gilfree.default or None, not %.100R "
                      "(pass ch.recv itself, not ch.recv(): calling it receives a value before select runs)",
                      i, arg);
         goto done;
     }
     gf_outcome o;
-    int r = gf_engine_run(st, cases, n, default_index < 0, &d, &o);
-    if (r < 0) {
-        goto done;
+    int r;
+    for (;;) {
+        r = gf_engine_run(st, cases, n, default_index < 0, &d, &o);
+        if (r < 0) {
+            goto done;
+        }
+        if (r == GF_WOULDBLOCK || !is_poller(st, cases[o.index].fileobj)) {
+            break;
+        }
+        /* A Poller's descriptor was ready: its value is what is ready now. Another thread may have taken it
+         * first (level-triggered, every waiter is told): then wait again, with every send case re-armed (the
+         * engine consumed their values). wake() returns an empty list. */
+        int woke;
+        PyObject *ready = gf_poller_harvest(cases[o.index].fileobj, &woke);
+        if (ready == NULL) {
+            goto done;
+        }
+        if (PyList_GET_SIZE(ready) > 0 || woke) {
+            o.value = ready;
+            break;
+        }
+        Py_DECREF(ready);
+        for (int i = 0; i < n; i++) {
+            if (cases[i].is_send) {
+                Py_XSETREF(cases[i].value, Py_NewRef(PyTuple_GET_ITEM(args[i], 1)));
+            }
+        }
     }
     if (r == GF_WOULDBLOCK) {
         result = Py_BuildValue("(iO)", default_index, Py_None);
@@ -101,7 +138,7 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (o.closed) {
         o.value = Py_NewRef(st->CLOSED);
     }
-    if (cases[o.index].fileobj != NULL) {
+    if (cases[o.index].fileobj != NULL && !is_poller(st, cases[o.index].fileobj)) {
         o.value = Py_NewRef(cases[o.index].fileobj);
     }
     result = Py_BuildValue("(iN)", o.index, o.value ? o.value : Py_NewRef(Py_None));
@@ -109,6 +146,9 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
 done:
     for (int i = 0; i < n; i++) {
         Py_XDECREF(cases[i].value);
+        if (is_poller(st, cases[i].fileobj)) {
+            gf_poller_leave(cases[i].fileobj);
+        }
     }
     if (cases != smallcases) {
         PyMem_Free(cases);
@@ -121,7 +161,8 @@ static PyMethodDef select_methods[] = {
      "select(*cases, timeout=None)\n--\n\n"
      "Wait until one case can proceed, perform exactly that one, and return (index, value).\n\n"
      "A case is a channel's bound recv, a (channel.send, value) pair, gilfree.readable(f) or\n"
-     "gilfree.writable(f) (ready when the file descriptor is; the value is f), gilfree.default (makes the\n"
+     "gilfree.writable(f) (ready when the file descriptor is; the value is f), a gilfree.Poller (ready when\n"
+     "one of its files is; the value is the list of (f, events) ready), gilfree.default (makes the\n"
      "call non-blocking: its index is returned when nothing is ready) or None (never ready). A recv case on a\n"
      "closed, drained channel yields gilfree.CLOSED; a send case on a closed channel raises ChannelClosed.\n"
      "Among several ready cases one is chosen uniformly at random. TimeoutError when timeout passes.\n"

@@ -18,7 +18,7 @@ from ._channel import Channel
 from ._context import Cancelled, Context, DeadlineExceeded
 from ._core import CLOSED, ChannelClosed, WouldBlock, default, select
 from ._future import Future, as_completed, first, gather, wait
-from ._netpoll import readable, wait_readable, wait_writable, writable
+from ._netpoll import READ, WRITE, Poller, readable, wait_readable, wait_writable, writable
 from ._process import ProcessChannel
 from ._procpool import BrokenProcessPool, ProcessPool
 from .queue import DurableQueue, LeaseLost
@@ -47,11 +47,14 @@ __all__ = [
     "KernelError",
     "LeaseLost",
     "Pipeline",
+    "Poller",
     "ProcessChannel",
     "ProcessPool",
+    "READ",
     "Supervisor",
     "ThreadPool",
     "Ticker",
+    "WRITE",
     "WouldBlock",
     "after",
     "broadcast",

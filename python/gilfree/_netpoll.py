@@ -1,16 +1,17 @@
 """File descriptors and sockets as select cases (the C side: src/netpoll.c).
 
 ``gilfree.readable(f)`` / ``gilfree.writable(f)`` are select cases next to channel cases; ``wait_readable``
-and ``wait_writable`` wait for one descriptor alone.
+and ``wait_writable`` wait for one descriptor alone. ``gilfree.Poller`` (src/poller.c) keeps many registered
+between waits, on epoll, and is a select case too.
 """
 
 from __future__ import annotations
 
 from typing import TypeVar
 
-from ._core import FdCase, readable, select, writable
+from ._core import READ, WRITE, FdCase, Poller, readable, select, writable
 
-__all__ = ["FdCase", "readable", "wait_readable", "wait_writable", "writable"]
+__all__ = ["READ", "WRITE", "FdCase", "Poller", "readable", "wait_readable", "wait_writable", "writable"]
 
 F = TypeVar("F")
 
