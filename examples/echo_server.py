@@ -1,14 +1,14 @@
-"""A TCP echo server in the Go style, on gilfree's select over sockets and channels.
+"""A TCP echo server on gilfree.Poller: one event loop per core.
 
-An accept loop hands each new connection to one of a small, fixed set of worker threads through that
-worker's control channel. Each worker waits in one gilfree.select over its control channel and its
-connections' sockets: a new connection, data to echo, room to write what is still owed, or shutdown. No
-thread per connection, no event loop: a worker blocks (GIL released) until one of its cases is ready.
+Each of ``--workers`` event-loop threads has a listening socket of its own on the shared port (SO_REUSEPORT:
+the kernel spreads new connections over them) and one gilfree.Poller holding its listener and its
+connections, registered once: a wait costs what is ready, not what is open. A loop waits with the GIL
+released; on a free-threaded build the loops run at once.
 
     python examples/echo_server.py                 # serves on 127.0.0.1:<port> until Ctrl-C
     python examples/echo_server.py --selftest      # starts it, echoes over 50 connections, stops (the test)
 
-From Python: ``with EchoServer(workers=4) as srv: ... srv.address ...``. The server's code is in
+From Python: ``with EchoServer() as srv: ... srv.address ...``. The server's code is in
 gilfree.bench.echo (python/gilfree/bench/echo.py), where the main job's io_sockets scenario runs it too.
 """
 
@@ -22,7 +22,7 @@ from gilfree.bench.echo import EchoServer  # the server itself: python/gilfree/b
 
 
 def _selftest(connections: int = 50, rounds: int = 20) -> None:
-    with EchoServer(workers=4) as srv:
+    with EchoServer(workers=2) as srv:
         socks = [socket.create_connection(srv.address) for _ in range(connections)]
         for r in range(rounds):
             for i, s in enumerate(socks):
@@ -41,7 +41,8 @@ def _selftest(connections: int = 50, rounds: int = 20) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="event-loop threads (default: one per CPU on a free-threaded build, else one)")
     ap.add_argument("--selftest", action="store_true")
     args = ap.parse_args()
     if args.selftest:

@@ -422,3 +422,29 @@ def test_stress_threads_registering_waiting_and_unregistering() -> None:
 
 def test_exported() -> None:
     assert gilfree.Poller is Poller and gilfree.READ == 1 and gilfree.WRITE == 2
+
+
+def test_the_echo_server_runs_one_loop_per_worker_on_a_shared_port() -> None:
+    from gilfree.bench.echo import EchoServer
+
+    with pytest.raises(ValueError, match="workers"):
+        EchoServer(workers=0)
+    with pytest.raises(TypeError, match="workers"):
+        EchoServer(workers="2")  # type: ignore[arg-type]
+    srv = EchoServer(workers=2)
+    socks = [socket.create_connection(srv.address) for _ in range(40)]
+    for i, s in enumerate(socks):
+        s.sendall(b"%d;" % i)
+    for i, s in enumerate(socks):
+        want, got = b"%d;" % i, b""
+        while len(got) < len(want):
+            got += s.recv(100)
+        assert got == want
+    # the kernel spread the connections over both loops' listeners (SO_REUSEPORT hashes by address)
+    per_loop = [len(p) - 1 for p in srv._pollers]
+    assert sum(per_loop) == 40 and min(per_loop) > 0, per_loop
+    srv.close()
+    for s in socks:
+        s.settimeout(5)
+        assert s.recv(10) == b""  # closed by the server
+        s.close()

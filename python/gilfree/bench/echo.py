@@ -1,10 +1,11 @@
 """The io_sockets scenario: a TCP echo workload on loopback against several servers.
 
-``EchoServer`` is gilfree's server in the Go style: an accept loop hands each new connection to one of a
-small, fixed set of worker threads through that worker's control channel, and each worker waits in one
-gilfree.select over its control channel and its connections' sockets (a new connection, data to echo, room
-to write what is still owed, or shutdown). No thread per connection, no event loop: a worker blocks, the GIL
-released, until one of its cases is ready. ``examples/echo_server.py`` runs it.
+``EchoServer`` is gilfree's event-driven server: one event-loop thread per core (``workers``), each with a
+listening socket of its own on the shared port (``SO_REUSEPORT``: the kernel spreads new connections over
+them) and one ``gilfree.Poller`` that holds its listener and its connections, registered once. A loop waits
+in ``Poller.wait()`` (the GIL released) and gets back only the sockets that are ready: accept, echo what
+arrived, or send what is still owed. On a free-threaded build the loops run at once, one per core.
+``examples/echo_server.py`` runs it.
 
 The other servers, for comparison: asyncio streams (the default loop, and uvloop where it installs) and
 socketserver.ThreadingTCPServer (a thread per connection). Each runs in a process of its own
@@ -15,6 +16,7 @@ connections busy in a closed loop (send a small message, wait for the whole echo
 from __future__ import annotations
 
 import importlib.util
+import os
 import select
 import socket
 import subprocess
@@ -23,113 +25,103 @@ import threading
 import time
 from typing import Any
 
-from .._channel import Channel
-from .._core import CLOSED, select as gselect
-from .._netpoll import readable, writable
+from .._netpoll import READ, WRITE, Poller
+from .._parallel import gil_enabled
 from .measure import peak_kib, proc_cpu
 
 SERVERS = ["gilfree", "asyncio", "uvloop", "threading"]
 MESSAGE = b"x" * 31 + b"\n"  # small messages
 
 
-class _Conn:
-    __slots__ = ("sock", "owed", "read_case", "write_case")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.owed = b""  # echoed bytes the socket had no room for yet
-        self.read_case = readable(sock)
-        self.write_case = writable(sock)
-
-
 class EchoServer:
-    """Echoes every byte back. ``workers`` threads share the connections; ``address`` is (host, port)."""
+    """Echoes every byte back. ``workers`` event-loop threads (default: one per CPU where threads run at once,
+    a free-threaded build; one with the GIL, where more would only queue for it); ``address`` is (host, port)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, workers: int = 4, backlog: int = 4096) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, workers: int | None = None,
+                 backlog: int = 4096) -> None:
+        if workers is None:
+            workers = 1 if gil_enabled() else len(os.sched_getaffinity(0))
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"workers must be an int, not {type(workers).__name__}")
         if workers < 1:
             raise ValueError("workers must be >= 1")
-        self.listener = socket.create_server((host, port), backlog=backlog)
-        self.listener.setblocking(False)
-        self.address: tuple[str, int] = self.listener.getsockname()[:2]
-        self._stop: Channel[None] = Channel()  # closed to stop the accept loop
-        self._controls: list[Channel[socket.socket]] = [Channel(256) for _ in range(workers)]
-        self._threads = [threading.Thread(target=self._accept_loop, name="echo-accept", daemon=True)]
-        self._threads += [threading.Thread(target=self._worker, args=(c,), name=f"echo-worker{i}", daemon=True)
-                          for i, c in enumerate(self._controls)]
+        reuse = hasattr(socket, "SO_REUSEPORT")
+        first = socket.create_server((host, port), backlog=backlog, reuse_port=reuse)
+        self.address: tuple[str, int] = first.getsockname()[:2]
+        # Each loop accepts on a listener of its own (one socket shared by every loop where SO_REUSEPORT is
+        # missing: each is told, one accepts).
+        self._listeners = [first] + [socket.create_server(self.address, backlog=backlog, reuse_port=True)
+                                     if reuse else first for _ in range(workers - 1)]
+        for sock in self._listeners:
+            sock.setblocking(False)
+        self._pollers = [Poller() for _ in range(workers)]
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._loop, args=(p, sock), name=f"echo-loop{i}", daemon=True)
+                         for i, (p, sock) in enumerate(zip(self._pollers, self._listeners))]
         for t in self._threads:
             t.start()
 
-    def _accept_loop(self) -> None:
-        n = 0
+    def _loop(self, poller: Poller, listener: socket.socket) -> None:
+        poller.register(listener, READ)
+        owed: dict[socket.socket, bytes] = {}  # echoed bytes a socket had no room for yet
+        conns: set[socket.socket] = set()
+        wait, register, modify = poller.wait, poller.register, poller.modify
+
+        def drop(sock: socket.socket) -> None:
+            poller.unregister(sock)  # before close: a registration outlives a closed file that was duplicated
+            conns.discard(sock)
+            owed.pop(sock, None)
+            sock.close()
+
         try:
-            while True:
-                index, _ = gselect(self._stop.recv, readable(self.listener))
-                if index == 0:
-                    return
-                while True:  # accept every connection that is waiting
+            while not self._stopping:
+                for sock, events in wait():
+                    if sock is listener:
+                        while True:  # every connection that is waiting
+                            try:
+                                conn, _ = listener.accept()
+                            except (BlockingIOError, InterruptedError):
+                                break
+                            conn.setblocking(False)
+                            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            register(conn, READ)
+                            conns.add(conn)
+                        continue
                     try:
-                        conn, _ = self.listener.accept()
-                    except BlockingIOError:
-                        break
-                    conn.setblocking(False)
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    self._controls[n % len(self._controls)].send(conn)  # blocks if that worker is behind
-                    n += 1
+                        if events & WRITE:  # room for what is owed
+                            data = owed.pop(sock)
+                            sent = sock.send(data)
+                            if sent < len(data):
+                                owed[sock] = data[sent:]
+                            else:
+                                modify(sock, READ)
+                            continue
+                        data = sock.recv(65536)
+                        if not data:  # the client closed
+                            drop(sock)
+                            continue
+                        sent = sock.send(data)
+                        if sent < len(data):
+                            owed[sock] = data[sent:]
+                            modify(sock, WRITE)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:  # reset by the peer
+                        drop(sock)
         finally:
-            for c in self._controls:
-                c.close()  # each worker closes its connections and ends
-            self.listener.close()
-
-    def _worker(self, control: Channel[socket.socket]) -> None:
-        conns: list[_Conn] = []
-        cases: list[Any] = [control.recv]
-        owners: list[_Conn | None] = [None]  # the connection behind each case
-
-        def rebuild() -> None:
-            cases[1:] = [c.write_case if c.owed else c.read_case for c in conns]
-            owners[1:] = conns
-
-        def drop(c: _Conn) -> None:
-            conns.remove(c)
-            c.sock.close()
-            rebuild()
-
-        while True:
-            index, value = gselect(*cases)
-            if index == 0:
-                if value is CLOSED:  # shutdown
-                    for c in conns:
-                        c.sock.close()
-                    return
-                conns.append(_Conn(value))
-                rebuild()
-                continue
-            owner = owners[index]
-            assert owner is not None
-            c = owner
-            try:
-                if c.owed:  # writable: send what is still owed
-                    sent = c.sock.send(c.owed)
-                    c.owed = c.owed[sent:]
-                    if not c.owed:
-                        rebuild()
-                    continue
-                data = c.sock.recv(65536)
-                if not data:  # the client closed
-                    drop(c)
-                    continue
-                sent = c.sock.send(data)
-                if sent < len(data):
-                    c.owed = data[sent:]
-                    rebuild()
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:  # reset by the peer
-                drop(c)
+            poller.close()
+            for sock in conns:
+                sock.close()
+            listener.close()
 
     def close(self) -> None:
         """Stop accepting, close every connection, and wait for the threads to end."""
-        self._stop.close()
+        self._stopping = True
+        for p in self._pollers:
+            try:
+                p.wake()
+            except ValueError:
+                pass  # its loop ended already
         for t in self._threads:
             t.join()
 
@@ -143,7 +135,7 @@ class EchoServer:
 # ---- servers (run with --serve KIND: print the port, serve until stdin closes) ----------------------------
 
 
-def serve(kind: str, workers: int) -> None:
+def serve(kind: str, workers: int | None) -> None:
     def watch_stdin() -> None:
         sys.stdin.read()
 
@@ -206,8 +198,10 @@ def serve(kind: str, workers: int) -> None:
 # ---- the client ------------------------------------------------------------------------------------------
 
 
-def load(port: int, connections: int, duration: float, warmup: float, max_requests: int, pid: int
-         ) -> dict[str, float]:
+def load(port: int, connections: int, duration: float, warmup: float, max_requests: int, pid: int,
+         idle: int = 0) -> dict[str, float]:
+    """``connections`` busy in a closed loop; ``idle`` more opened first and left open, silent, meanwhile."""
+    quiet = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle)]
     socks = []
     for _ in range(connections):
         s = socket.create_connection(("127.0.0.1", port))
@@ -257,7 +251,7 @@ def load(port: int, connections: int, duration: float, warmup: float, max_reques
                 s.send(MESSAGE)
     elapsed = time.perf_counter() - measured_from
     cpu = proc_cpu(pid) - (cpu0 or 0.0)
-    for s in socks:
+    for s in socks + quiet:
         s.close()
     ep.close()
     lat.sort()
@@ -270,16 +264,17 @@ def available(kind: str) -> bool:
     return kind != "uvloop" or importlib.util.find_spec("uvloop") is not None
 
 
-def run_one(kind: str, connections: int, duration: float, warmup: float, max_requests: int, workers: int
-            ) -> dict[str, float]:
+def run_one(kind: str, connections: int, duration: float, warmup: float, max_requests: int,
+            workers: int | None,
+            idle: int = 0) -> dict[str, float]:
     """Start server `kind` in a process of its own, load it, stop it: requests/s, p50/p99 ms, the server's
     CPU time per request and its peak RSS."""
     proc = subprocess.Popen([sys.executable, "-m", "gilfree.bench.echo", "--serve", kind, "--workers",
-                             str(workers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                             str(workers or 0)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         port = int(proc.stdout.readline())
-        r = load(port, connections, duration, warmup, max_requests, proc.pid)
+        r = load(port, connections, duration, warmup, max_requests, proc.pid, idle)
         r["rss_mib"] = peak_kib(proc.pid) / 1024
         proc.stdin.close()
         proc.wait(30)
@@ -292,6 +287,6 @@ def run_one(kind: str, connections: int, duration: float, warmup: float, max_req
 
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--serve" and sys.argv[3] == "--workers":
-        serve(sys.argv[2], int(sys.argv[4]))
+        serve(sys.argv[2], int(sys.argv[4]) or None)
     else:
-        raise SystemExit("usage: python -m gilfree.bench.echo --serve KIND --workers N")
+        raise SystemExit("usage: python -m gilfree.bench.echo --serve KIND --workers N  (0: the default)")

@@ -193,7 +193,7 @@ class Report:
                           f"each; benchmarks/bench_io.py for more)\n")
                 out.write(f"  {'server':30} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
                           f"{'RSS MiB':>8}\n")
-                names = {"gilfree": "gilfree select (threads <= 4)", "asyncio": "asyncio", "uvloop": "asyncio + uvloop",
+                names = {"gilfree": "gilfree Poller loops", "asyncio": "asyncio", "uvloop": "asyncio + uvloop",
                          "threading": "thread per connection"}
                 for row in r.io_sockets:
                     out.write(f"  {names[row['server']]:30} {row['connections']:5d} {row['rps']:9.0f} "

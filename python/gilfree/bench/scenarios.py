@@ -33,8 +33,8 @@ ABOUT = {
     "messages": "one producer, one consumer: gilfree.Channel, queue.Queue, multiprocessing.Queue and "
                 "gilfree.ProcessChannel, ns per message",
     "dispatch": "the per-task overhead of each executor: a no-op task submitted, then waited for",
-    "io_sockets": "TCP echo on loopback: gilfree's select against asyncio (and uvloop where installed) and a "
-                  "thread per connection",
+    "io_sockets": "TCP echo on loopback: gilfree's event loops on gilfree.Poller against asyncio (and uvloop "
+                  "where installed) and a thread per connection",
     "gpu": "where a GPU and CuPy are present: gilfree.gpu.stream_map on 1 and 4 CUDA streams (copies hidden "
            "behind compute), and Mandelbrot on the GPU against the native kernel on every core",
     "durable": "a gilfree.DurableQueue on SQLite: a producer process and N consumer processes, one of them "
@@ -313,7 +313,7 @@ def messages(sz: Sizes, repeat: int) -> list[dict[str, Any]]:
 
 def io_sockets(sz: Sizes) -> list[dict[str, Any]]:
     """Requests/s and latency of a TCP echo workload (closed loop, small messages, loopback) against
-    gilfree's select-based server, asyncio (and uvloop where installed) and a thread per connection."""
+    gilfree's event-loop server (gilfree.Poller), asyncio (and uvloop where installed) and a thread per connection."""
     import resource
 
     from . import echo
@@ -328,7 +328,7 @@ def io_sockets(sz: Sizes) -> list[dict[str, Any]]:
             if not echo.available(kind):
                 continue
             r = echo.run_one(kind, conns, sz.io_duration_s, min(0.5, sz.io_duration_s), 10_000_000,
-                             workers=min(4, len(os.sched_getaffinity(0))))
+                             workers=None)
             rows.append({"server": kind, "connections": conns, **r})
     return rows
 
