@@ -58,7 +58,7 @@ typedef struct {
     PyObject_HEAD
     pthread_mutex_t mu;
     int epfd, wake_fd, ready_fd; /* -1 once closed */
-    int closed;                  /* close() was called (the fds go when `users` is 0) */
+    atomic_int closed;           /* close() was called (the fds go when `users` is 0); read unlocked */
     int users;                   /* waits and selects in progress */
     preg *reg;
     int cap;                     /* entries in reg */

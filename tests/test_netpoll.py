@@ -10,27 +10,13 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from conftest import SANITIZER, Background, assert_gil_released, interrupt_child, wait_until
+from conftest import SANITIZER, Background, assert_gil_released, interrupt_child, open_fds, wait_until
 
 import gilfree
 from gilfree import Channel, default, readable, select, wait_readable, wait_writable, writable
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def test_readable_fires_with_the_object_given_and_reads_nothing(pair: tuple[socket.socket, socket.socket]) -> None:
