@@ -6,6 +6,8 @@ import gc
 import os
 import resource
 import socket
+import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -439,3 +441,40 @@ def test_the_echo_server_runs_one_loop_per_worker_on_a_shared_port() -> None:
         s.settimeout(5)
         assert s.recv(10) == b""  # closed by the server
         s.close()
+
+
+def test_the_echo_server_survives_running_out_of_descriptors() -> None:
+    child = textwrap.dedent(
+        """
+        import resource, socket, time
+        from gilfree.bench.echo import EchoServer
+        srv = EchoServer(workers=1)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        import os
+        in_use = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 40, hard))
+        # each connection costs this process two descriptors (client and server side): past the limit the
+        # server cannot accept; it must not spin or die, and serve again once descriptors are free
+        clients = []
+        for _ in range(30):
+            try:
+                clients.append(socket.create_connection(srv.address, timeout=5))
+            except OSError:
+                break
+        time.sleep(0.5)
+        for c in clients[5:]:
+            c.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        c = socket.create_connection(srv.address, timeout=5)
+        c.sendall(b"after")
+        assert c.recv(10) == b"after"
+        for s in clients[:5]:
+            s.sendall(b"early")
+            assert s.recv(10) == b"early"
+        print("served", len(clients), flush=True)
+        srv.close()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("served")

@@ -15,6 +15,7 @@ connections busy in a closed loop (send a small message, wait for the whole echo
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import select
@@ -30,6 +31,7 @@ from .._parallel import gil_enabled
 from .measure import peak_kib, proc_cpu
 
 SERVERS = ["gilfree", "asyncio", "uvloop", "threading"]
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 MESSAGE = b"x" * 31 + b"\n"  # small messages
 
 
@@ -73,14 +75,26 @@ class EchoServer:
             owed.pop(sock, None)
             sock.close()
 
+        paused_until = 0.0  # out of descriptors: accept again from then on (as asyncio does)
         try:
             while not self._stopping:
-                for sock, events in wait():
+                if paused_until and time.monotonic() >= paused_until:
+                    register(listener, READ)
+                    paused_until = 0.0
+                for sock, events in wait(0.1 if paused_until else None):
                     if sock is listener:
                         while True:  # every connection that is waiting
                             try:
                                 conn, _ = listener.accept()
                             except (BlockingIOError, InterruptedError):
+                                break
+                            except OSError as e:
+                                if e.errno not in _OUT_OF_RESOURCES:
+                                    raise
+                                # The connection waits in the backlog; the listener would stay ready and
+                                # this loop spin: stop watching it for a while.
+                                poller.unregister(listener)
+                                paused_until = time.monotonic() + 0.1
                                 break
                             conn.setblocking(False)
                             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
