@@ -478,3 +478,15 @@ def test_the_echo_server_survives_running_out_of_descriptors() -> None:
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("served")
+
+
+def test_the_wakeup_benchmark_runs(tmp_path: Any) -> None:
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_poller.py")
+    out = subprocess.run([sys.executable, script, "--sizes", "10,50", "--repeat", "1", "--json",
+                          str(tmp_path / "p.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert [r["n"] for r in rows] == [10, 50]
+    assert all(r[k]["median_us"] > 0 for r in rows for k in ("poller", "selectors", "epoll", "select"))
