@@ -16,7 +16,8 @@
  *     socket reports as that socket (whose recv() raises), never as the new file under its old number.
  *   - A registration ends with unregister(f), with close(), or when the number is registered again for
  *     another file. Closing a file only ends the kernel's side (when its last descriptor goes; a duplicate,
- *     or a forked child's copy, keeps it alive: unregister before closing, as with epoll itself).
+ *     or a forked child's copy, keeps it alive: then the first wake-up that finds only such stale
+ *     registrations rebuilds the epoll instance without them, see rebuild_locked).
  *   - Regular files cannot be in an epoll set (EPERM) and poll(2) calls them always ready: they are kept
  *     out of the kernel's set and reported at every wait, through one eventfd (`ready_fd`) that stays
  *     readable while any is registered. Level-triggered throughout: a file stays reported while it is ready.
@@ -33,6 +34,7 @@
 #include "channel.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -444,6 +446,39 @@ typedef struct {
     int events;
 } ready_item;
 
+/* A registered file closed while a duplicate of it lives on (a dup, a forked child's copy) keeps its
+ * kernel registration, which no epoll_ctl can reach any more (the kernel finds a registration by number and
+ * file, and the number no longer names that file). Reported, its token is stale and dropped, but it keeps
+ * the epoll descriptor readable and every wait would spin. So: a new epoll instance with the live entries
+ * (each re-added only if its number still names its file), put in place under the same number (dup3: a
+ * wait parked on the old one returns within its 50 ms poll slice and polls the new one). O(registered), and
+ * only when a wake-up found nothing but stale tokens. Locked; on failure the old instance stays. */
+static void
+rebuild_locked(PollerObject *p)
+{
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    if (fd < 0) {
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TOKEN_WAKE};
+    int ok = epoll_ctl(fd, EPOLL_CTL_ADD, p->wake_fd, &ev) == 0;
+    ev.data.u64 = TOKEN_READY;
+    ok = ok && epoll_ctl(fd, EPOLL_CTL_ADD, p->ready_fd, &ev) == 0;
+    for (int i = 0; ok && i < p->cap; i++) {
+        preg *r = &p->reg[i];
+        struct stat sb;
+        if (r->fileobj == NULL || r->regular || fstat(i, &sb) < 0 || sb.st_dev != r->dev || sb.st_ino != r->ino) {
+            continue; /* not in the kernel's set, or its file was closed (then never reported again) */
+        }
+        struct epoll_event e = {.events = epoll_mask(r->events), .data.u64 = ((uint64_t)r->gen << 32) | (uint32_t)i};
+        ok = epoll_ctl(fd, EPOLL_CTL_ADD, i, &e) == 0;
+    }
+    if (ok) {
+        (void)dup3(fd, p->epfd, O_CLOEXEC);
+    }
+    (void)close(fd);
+}
+
 /* Take what the kernel reports now (no wait) and return it as a list of (f, events); *woke is set when wake()
  * was called. NULL with an exception. Attached. */
 static PyObject *
@@ -480,7 +515,7 @@ harvest(PollerObject *p, int *woke)
         }
         return PyErr_NoMemory();
     }
-    int k = 0, want_regular = 0;
+    int k = 0, want_regular = 0, stale = 0;
     plock(p);
     for (int i = 0; i < n; i++) {
         uint64_t tok = ev[i].data.u64;
@@ -497,7 +532,8 @@ harvest(PollerObject *p, int *woke)
         int fd = (int)(uint32_t)tok;
         uint32_t gen = (uint32_t)(tok >> 32);
         if (fd >= p->cap || p->reg[fd].fileobj == NULL || p->reg[fd].gen != gen) {
-            continue; /* unregistered meanwhile, or a registration replaced under this number */
+            stale++; /* unregistered, or replaced under this number; or a closed file a duplicate keeps */
+            continue;
         }
         uint32_t e = ev[i].events;
         int got = ((e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ? GF_READ : 0) |
@@ -517,6 +553,9 @@ harvest(PollerObject *p, int *woke)
                 k++;
             }
         }
+    }
+    if (stale && k == 0 && !*woke && !p->closed) {
+        rebuild_locked(p); /* the wake-up was only stale registrations: they would wake every wait */
     }
     pthread_mutex_unlock(&p->mu);
     if (ev != evs) {
@@ -606,13 +645,16 @@ poller_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
         return NULL;
     }
     PyObject *list = NULL;
-    for (;;) {
+    for (int round = 0;; round++) {
         int woke;
         list = harvest(p, &woke); /* first without waiting: a busy poller costs one system call */
-        if (list == NULL || PyList_GET_SIZE(list) > 0 || woke) {
-            break;
+        if (list == NULL || PyList_GET_SIZE(list) > 0 || woke || gf_deadline_passed(&d)) {
+            break; /* (an empty list when the deadline has passed) */
         }
         Py_CLEAR(list);
+        if (round > 0 && PyErr_CheckSignals() < 0) {
+            break; /* woken for readiness another waiter took: not a loop that Ctrl-C cannot end */
+        }
         gf_outcome o;
         if (gf_engine_run(st, &c, 1, 1, &d, &o) < 0) {
             if (PyErr_ExceptionMatches(PyExc_TimeoutError)) {

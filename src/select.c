@@ -121,6 +121,17 @@ select_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
             break;
         }
         Py_DECREF(ready);
+        if (default_index >= 0) {
+            r = GF_WOULDBLOCK; /* non-blocking: nothing is ready after all */
+            break;
+        }
+        if (gf_deadline_passed(&d)) {
+            PyErr_SetString(PyExc_TimeoutError, "timed out");
+            goto done;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            goto done;
+        }
         for (int i = 0; i < n; i++) {
             if (cases[i].is_send) {
                 Py_XSETREF(cases[i].value, Py_NewRef(PyTuple_GET_ITEM(args[i], 1)));

@@ -182,6 +182,44 @@ def test_a_number_reused_after_close_is_never_confused_with_the_old_file() -> No
         s.close()
 
 
+def test_a_closed_file_kept_open_by_a_duplicate_does_not_make_waits_spin() -> None:
+    """Closing a registered socket while a duplicate of it lives (a dup, a forked child's copy) leaves its
+    kernel registration behind, out of epoll_ctl's reach. Its reports are dropped, and the first wake-up that
+    finds nothing else rebuilds the epoll instance without it: later waits sleep, and the live registrations
+    still report."""
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    p = Poller()
+    p.register(a, READ)
+    p.register(c, READ)
+    twin = a.dup()
+    a.close()            # not unregistered first; the twin keeps the file open
+    p.unregister(a)      # found by the object; the kernel's registration cannot be reached
+    b.send(b"x")         # the file (held by twin) is readable: its stale registration fires
+    assert p.wait(0.05) == []
+    cpu0 = time.thread_time()
+    assert p.wait(0.3) == []
+    with pytest.raises(TimeoutError):
+        select(p, timeout=0.3)
+    assert time.thread_time() - cpu0 < 0.2  # slept, not spun (a spin would burn ~0.6 s of CPU)
+    d.send(b"y")
+    assert p.wait(1) == [(c, READ)]    # the live registration survived the rebuild
+    assert select(p, timeout=1) == (0, [(c, READ)])
+    c.recv(1)
+    # again, met first by a non-blocking select: it returns its default, not a spin or an empty list
+    e, f = socket.socketpair()
+    p.register(e, READ)
+    twin2 = e.dup()
+    e.close()
+    p.unregister(e)
+    f.send(b"z")
+    assert select(p, default) == (1, None)
+    assert select(p, default) == (1, None)
+    p.close()
+    for s in (twin, b, c, d, twin2, f):
+        s.close()
+
+
 def test_unregister_a_closed_socket_and_errors(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     c, d = socket.socketpair()
