@@ -375,10 +375,17 @@ def test_a_collected_pool_shuts_down() -> None:
         gc.collect()
         assert f.result(30) == 7
         for p in procs:
-            p.join(30)
+            # Not p.join(): the pool's manager thread reaps its workers, and a join racing it can return at
+            # once with exitcode None (multiprocessing's poll() takes waitpid's ECHILD for "not yet").
+            deadline = time.monotonic() + 30
+            while p.exitcode is None and time.monotonic() < deadline:
+                time.sleep(0.05)
             if p.exitcode is None:
-                os.kill(p.pid, signal.SIGUSR1)
-                time.sleep(1)
+                try:
+                    os.kill(p.pid, signal.SIGUSR1)
+                    time.sleep(1)
+                except ProcessLookupError:
+                    pass
             assert p.exitcode == 0, (state.shutting_down, state.said_bye, threading.enumerate())
     finally:
         faulthandler.unregister(signal.SIGUSR1)
